@@ -1,0 +1,226 @@
+"""Cost model: parameters, multiply-adds and stream-state size from a spec alone.
+
+No TensorFlow graph is built, so thousands of candidate specs can be scored per second.
+Parameter counts equal Keras ``count_params()`` of the built model (BN statistics included).
+Multiply-adds count convolutions, SE and the classifier (MobileNet convention, the one the
+MoViNet paper's "GFLOPs" use); batch norm, activations, pooling and element-wise products
+are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from movinet.options import ModelOptions, resolve_options
+from movinet.spec import ModelSpec, load_spec
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Rounds to a multiple of ``divisor``, never more than 10% down (as the official nn_layers)."""
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return int(new_value)
+
+
+def se_hidden(expand: int, options: ModelOptions) -> int:
+    multiplier = 2 if options.se_type == "2plus3d" else 1
+    return make_divisible(options.se_ratio * expand * multiplier, 8)
+
+
+def downsampled(size: int, stride: int) -> int:
+    """Output size of a TF 'SAME' convolution or pooling."""
+    return -(-size // stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    name: str
+    out_shape: tuple[int, int, int, int]   # frames, height, width, channels
+    params: int
+    bn_statistics: int                     # BN moving mean and variance (non-trainable)
+    macs: int
+    state_elements: int                    # float elements of this layer's stream states
+    state_counters: int = 0                # int32 frame counters of this layer's stream states
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    spec_name: str
+    input_shape: tuple[int, int, int, int]   # frames, height, width, 3
+    layers: tuple[LayerCost, ...]
+    options: ModelOptions
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.params - sum(layer.bn_statistics for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def state_elements(self) -> int:
+        return sum(layer.state_elements for layer in self.layers)
+
+    @property
+    def state_bytes(self) -> int:
+        """float32 state buffers plus the int32 frame counters."""
+        return 4 * sum(layer.state_elements + layer.state_counters for layer in self.layers)
+
+    def summary(self) -> dict:
+        return {"name": self.spec_name, "input_shape": list(self.input_shape), "params": self.params,
+                "trainable_params": self.trainable_params, "macs": self.macs, "gmacs": self.macs / 1e9,
+                "state_elements": self.state_elements, "state_bytes": self.state_bytes}
+
+
+def _bn(channels: int) -> tuple[int, int]:
+    return 4 * channels, 2 * channels
+
+
+def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = None,
+         resolution: int | tuple[int, int] | None = None, options: ModelOptions | None = None,
+         **overrides) -> Cost:
+    """Per-layer and total cost of ``spec`` built in ``mode`` on a frames x resolution clip.
+
+    Args:
+      spec: a ModelSpec, a published name or a spec file.
+      mode: 'base' or 'stream' (ignored when ``options`` is given).
+      frames, resolution: the clip (defaults: the spec's published input). ``resolution`` is
+        an int (square) or (height, width).
+      options: fully resolved build options; else ``overrides`` on top of ``mode``'s defaults.
+    """
+    spec = load_spec(spec)
+    options = options or resolve_options(spec, mode, **overrides)
+    if frames is None or resolution is None:
+        if spec.input is None:
+            raise ValueError(f"spec {spec.name!r} has no published input: give frames and resolution")
+        frames = frames or spec.input.frames
+        resolution = resolution or spec.input.resolution
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    causal = options.causal
+    t = frames
+    layers = []
+
+    stem = spec.stem
+    h, w = downsampled(height, stem.stride[1]), downsampled(width, stem.stride[2])
+    kernel = stem.kernel[1] * stem.kernel[2] * 3 * stem.filters
+    params, stats = _bn(stem.filters)
+    layers.append(LayerCost("stem", (t, h, w, stem.filters), kernel + params, stats,
+                            t * h * w * kernel, 0))
+
+    se_type = options.se_type
+    for b, l, cin, cout, layer in spec.iter_layers():
+        e = layer.expand
+        kt, kh, kw = layer.kernel
+        stride = layer.stride[1]
+        ho, wo = downsampled(h, stride), downsampled(w, stride)
+        bn_e, stats_e = _bn(e)
+        bn_o, stats_o = _bn(cout)
+        params = cin * e + bn_e                                   # expansion
+        stats = stats_e
+        macs = t * h * w * cin * e
+        if options.separable:
+            params += kh * kw * e + bn_e
+            stats += stats_e
+            macs += t * ho * wo * e * kh * kw
+            if kt > 1:
+                params += kt * e + bn_e
+                stats += stats_e
+                macs += t * ho * wo * e * kt
+        else:
+            params += kt * kh * kw * e + bn_e
+            stats += stats_e
+            macs += t * ho * wo * e * kt * kh * kw
+        if se_type != "none":
+            se_in = 2 * e if se_type == "2plus3d" else e
+            hidden = se_hidden(e, options)
+            params += se_in * hidden + hidden + hidden * e + e
+            positions = 1 if (se_type == "3d" and not causal) else t
+            macs += positions * (se_in * hidden + hidden * e)
+            params += int(options.positional_encoding)
+        params += e * cout + bn_o + 1                             # projection, ReZero scale
+        stats += stats_o
+        macs += t * ho * wo * e * cout
+        if cin != cout or stride > 1:                             # skip projection
+            params += cin * cout + bn_o
+            stats += stats_o
+            macs += t * ho * wo * cin * cout
+        state = counters = 0
+        if causal:
+            if kt > 1:
+                bh, bw = (ho, wo) if options.separable else (h, w)
+                state += (kt - 1) * bh * bw * e
+            if "3d" in se_type:
+                state += e
+                counters += 1
+            counters += int(options.positional_encoding and se_type != "none")
+        layers.append(LayerCost(f"block{b}_layer{l}", (t, ho, wo, cout), params, stats, macs, state,
+                                counters))
+        h, w = ho, wo
+
+    project = spec.head.project_filters
+    params, stats = _bn(project)
+    last = spec.blocks[-1].filters
+    layers.append(LayerCost("head", (1, 1, 1, project), last * project + params, stats,
+                            t * h * w * last * project, project if causal else 0, int(causal)))
+    hidden, classes = spec.head.head_filters, options.num_classes
+    layers.append(LayerCost("classifier_head", (1, 1, 1, hidden), project * hidden + hidden, 0,
+                            project * hidden, 0))
+    layers.append(LayerCost("classifier", (1, 1, 1, classes), hidden * classes + classes, 0,
+                            hidden * classes, 0))
+    return Cost(spec.name, (frames, height, width, 3), tuple(layers), options)
+
+
+def state_shapes(spec: "ModelSpec | str", options: ModelOptions, batch: int, height: int,
+                 width: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names, shapes and dtypes of the stream states, in the official order and naming."""
+    spec = load_spec(spec)
+    if not options.causal:
+        return {}
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    h, w = downsampled(height, spec.stem.stride[1]), downsampled(width, spec.stem.stride[2])
+    for b, l, _, _, layer in spec.iter_layers():
+        prefix = f"state_block{b}_layer{l}"
+        stride = layer.stride[1]
+        ho, wo = downsampled(h, stride), downsampled(w, stride)
+        e, kt = layer.expand, layer.kernel[0]
+        if kt > 1:
+            bh, bw = (ho, wo) if options.separable else (h, w)
+            shapes[f"{prefix}_stream_buffer"] = ((batch, kt - 1, bh, bw, e), "float32")
+        if "3d" in options.se_type:
+            shapes[f"{prefix}_pool_buffer"] = ((batch, 1, 1, 1, e), "float32")
+            shapes[f"{prefix}_pool_frame_count"] = ((1,), "int32")
+        if options.positional_encoding and options.se_type != "none":
+            shapes[f"{prefix}_pos_enc_frame_count"] = ((1,), "int32")
+        h, w = ho, wo
+    shapes["state_head_pool_buffer"] = ((batch, 1, 1, 1, spec.head.project_filters), "float32")
+    shapes["state_head_pool_frame_count"] = ((1,), "int32")
+    return shapes
+
+
+def format_table(result: Cost) -> str:
+    """A per-layer text table with totals, for ``movinet info``."""
+    rows = [("layer", "output (t,h,w,c)", "params", "MACs", "state floats")]
+    for layer in result.layers:
+        rows.append((layer.name, "x".join(map(str, layer.out_shape)), f"{layer.params:,}",
+                     f"{layer.macs:,}", f"{layer.state_elements:,}"))
+    rows.append(("total", "x".join(map(str, result.input_shape)), f"{result.params:,}",
+                 f"{result.macs:,}", f"{result.state_elements:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(-1, "-" * len(lines[0]))
+    footer = (f"{result.spec_name}: {result.params:,} parameters ({result.trainable_params:,} trainable), "
+              f"{result.macs / 1e9:.3f} GMACs on {result.input_shape[0]}x{result.input_shape[1]}"
+              f"x{result.input_shape[2]}")
+    if result.options.causal:
+        footer += f", stream state {result.state_bytes / 2**20:.2f} MiB per clip (batch 1)"
+    return "\n".join(lines + [footer])
+

@@ -1,0 +1,27 @@
+"""MoViNet family generator and architecture search (TensorFlow 2 / Keras 3, Ray Tune)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="movinet-search",
+    version="0.1.0",
+    description="Build, stream, train, export and search the MoViNet family of mobile video networks",
+    packages=find_packages(include=["movinet", "movinet.*", "search", "search.*", "family", "family.*",
+                                    "cli", "cli.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow-cpu>=2.20; platform_machine=='x86_64' or platform_machine=='aarch64'",
+        "keras>=3.10",
+        "numpy",
+        "pyyaml",
+        "pandas",
+        "pyarrow",
+        "matplotlib",
+        "av",
+        "ray[tune]>=2.40",
+        "optuna>=4.0",
+        "ai-edge-litert",
+    ],
+    extras_require={"test": ["pytest", "keras-tuner"]},
+    entry_points={"console_scripts": ["movinet=cli.main:main"]},
+)
