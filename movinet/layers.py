@@ -1,0 +1,474 @@
+"""Keras 3 layers of a MoViNet, with stream state passed in and out explicitly.
+
+Every layer that carries state across calls takes a dict of the states it owns (possibly
+empty: zeros are then used, the start of a clip) and returns the updated entries, with the
+official names (``state_block1_layer0_stream_buffer``, ...). Nothing is kept in layer
+attributes, so one model trains on clips, streams frame by frame, saves and exports.
+
+Convolutions run as 2D ops on frames ([B*T, H, W, C]) plus temporal taps: a depthwise 3D
+convolution is the sum of its temporal taps' depthwise 2D convolutions, which is the same
+function as a grouped Conv3D (TF 'SAME' padding per axis) and ~100x faster on CPU
+(see pitfalls.md). Weight shapes follow the official layouts, so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly 1/6)
+
+
+def activation_fn(name: str):
+    """The element-wise activation ``name`` as the official tf_utils.get_activation computes it."""
+    if name in ("swish", "simple_swish"):
+        return tf.nn.silu
+    if name == "hard_swish":
+        return lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+    if name == "hard_sigmoid":
+        return lambda x: tf.nn.relu6(x + 3.0) * HARD_SIGMOID_SCALE
+    if name == "sigmoid":
+        return tf.sigmoid
+    if name == "relu":
+        return tf.nn.relu
+    if name == "relu6":
+        return tf.nn.relu6
+    if name == "linear":
+        return tf.identity
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def frames_to_batch(x):
+    """[B, T, H, W, C] -> [B*T, H, W, C]."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+
+
+def batch_to_frames(y, like):
+    """[B*T, H', W', C'] -> [B, T, H', W', C'] with B and T taken from ``like``."""
+    return tf.reshape(y, tf.concat([tf.shape(like)[:2], tf.shape(y)[1:]], axis=0))
+
+
+def temporal_padding(x, kernel_t: int, causal: bool, buffer=None):
+    """Pads time for a 'valid' temporal conv; returns (padded, new_buffer or None).
+
+    Causal: kt-1 frames in front, taken from the stream buffer (zeros at the start of a
+    clip); the new buffer is the last kt-1 frames seen. Non-causal: TF 'SAME' padding.
+    """
+    if kernel_t == 1:
+        return x, None
+    if causal:
+        if buffer is None:
+            buffer = tf.zeros_like(x[:, :1])
+            buffer = tf.tile(buffer, [1, kernel_t - 1, 1, 1, 1])
+        full = tf.concat([tf.cast(buffer, x.dtype), x], axis=1)
+        return full, full[:, -(kernel_t - 1):]
+    front = (kernel_t - 1) // 2
+    return tf.pad(x, [[0, 0], [front, kernel_t - 1 - front], [0, 0], [0, 0], [0, 0]]), None
+
+
+def frame_counts(states, name, dtype):
+    """The frame counter ``name`` (int32 [1]) as a float scalar of ``dtype``, and the raw count."""
+    count = states.get(name)
+    if count is None:
+        count = tf.zeros([1], tf.int32)
+    count = tf.cast(count, tf.int32)
+    return tf.cast(count[0], dtype), count
+
+
+class ConvNorm(keras.layers.Layer):
+    """A per-frame convolution (pointwise, full 2D, or depthwise 2D) -> BN -> activation.
+
+    Pointwise kernels are [Cin, Cout]; full 2D kernels [kh, kw, Cin, Cout]; depthwise
+    kernels [kh, kw, C, 1] (the official 2plus1d layouts).
+    """
+
+    def __init__(self, filters: int, kernel_size=(1, 1), stride: int = 1, depthwise: bool = False,
+                 use_bias: bool = False, use_bn: bool = True, activation: str | None = None,
+                 kernel_initializer="he_normal", kernel_l2: float = 0.0,
+                 norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = tuple(kernel_size)
+        self.stride = stride
+        self.depthwise = depthwise
+        self.use_bias = use_bias
+        self.activation = activation
+        self.kernel_initializer = kernel_initializer
+        self.kernel_l2 = kernel_l2
+        self.act = activation_fn(activation) if activation else None
+        self.bn = (keras.layers.BatchNormalization(momentum=norm_momentum, epsilon=norm_epsilon, name="bn")
+                   if use_bn else None)
+
+    @property
+    def pointwise(self) -> bool:
+        return self.kernel_size == (1, 1) and not self.depthwise and self.stride == 1
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if self.pointwise:
+            shape = (channels, self.filters)
+        elif self.depthwise:
+            shape = (*self.kernel_size, channels, 1)
+        else:
+            shape = (*self.kernel_size, channels, self.filters)
+        regularizer = keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 else None
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer,
+                                      regularizer=regularizer)
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+                     if self.use_bias else None)
+        if self.bn is not None:
+            self.bn.build((*input_shape[:-1], channels if self.depthwise else self.filters))
+
+    def convolve(self, x):
+        kernel = tf.cast(self.kernel, x.dtype)
+        if self.pointwise:
+            shape = tf.shape(x)
+            y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
+            y = tf.reshape(y, tf.concat([shape[:-1], [self.filters]], axis=0))
+        else:
+            rank5 = x.shape.rank == 5
+            frames = frames_to_batch(x) if rank5 else x
+            strides = [1, self.stride, self.stride, 1]
+            if self.depthwise:
+                y = tf.nn.depthwise_conv2d(frames, kernel, strides, "SAME")
+            else:
+                y = tf.nn.conv2d(frames, kernel, strides, "SAME")
+            y = batch_to_frames(y, x) if rank5 else y
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, y.dtype)
+        return y
+
+    def normalize(self, y, training=None):
+        if self.bn is not None:
+            y = self.bn(y, training=training)
+        return self.act(y) if self.act else y
+
+    def call(self, x, training=None):
+        return self.normalize(self.convolve(x), training)
+
+
+class FeatureConv(keras.layers.Layer):
+    """The depthwise (t, h, w) convolution of a bottleneck layer, causal or not.
+
+    conv_type '3d': one depthwise 3D conv (kernel [kt, kh, kw, 1, C]) -> BN -> act; in a
+    causal model the stream buffer holds pre-stride frames.
+    conv_type '2plus1d'/'3d_2plus1d': depthwise (kh, kw) conv -> BN -> act, then depthwise
+    (kt, 1) conv along time (kernel [kt, 1, C, 1]) -> BN -> act; the buffer holds post-stride
+    frames (official StreamConvBlock).
+    """
+
+    def __init__(self, kernel, stride: int, separable: bool, causal: bool, activation: str,
+                 state_prefix: str, kernel_initializer="he_normal", kernel_l2: float = 0.0,
+                 norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_t, self.kernel_h, self.kernel_w = kernel
+        self.stride = stride
+        self.separable = separable
+        self.causal = causal
+        self.buffer_name = f"{state_prefix}_stream_buffer"
+        self.kernel_initializer = kernel_initializer
+        self.kernel_l2 = kernel_l2
+        self.act = activation_fn(activation)
+        bn_args = dict(momentum=norm_momentum, epsilon=norm_epsilon)
+        common = dict(kernel_initializer=kernel_initializer, kernel_l2=kernel_l2,
+                      norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+        if separable:
+            self.spatial = ConvNorm(0, (self.kernel_h, self.kernel_w), stride, depthwise=True,
+                                    activation=activation, name="spatial", **common)
+            self.bn_temporal = (keras.layers.BatchNormalization(name="bn_temporal", **bn_args)
+                                if self.kernel_t > 1 else None)
+        else:
+            self.bn = keras.layers.BatchNormalization(name="bn", **bn_args)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return (self.buffer_name,) if self.causal and self.kernel_t > 1 else ()
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        regularizer = keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 else None
+        if self.separable:
+            self.spatial.build(input_shape)
+            if self.kernel_t > 1:
+                self.temporal_kernel = self.add_weight(
+                    name="temporal_kernel", shape=(self.kernel_t, 1, channels, 1),
+                    initializer=self.kernel_initializer, regularizer=regularizer)
+                self.bn_temporal.build(input_shape)
+        else:
+            self.kernel = self.add_weight(
+                name="kernel", shape=(self.kernel_t, self.kernel_h, self.kernel_w, 1, channels),
+                initializer=self.kernel_initializer, regularizer=regularizer)
+            self.bn.build(input_shape)
+
+    def temporal_taps(self, x, kernel):
+        """sum_i padded[:, i:i+T] * kernel[i] over the kt taps, for x padded in time."""
+        frames = tf.shape(x)[1] - (self.kernel_t - 1)
+        out = x[:, :frames] * kernel[0]
+        for i in range(1, self.kernel_t):
+            out = out + x[:, i:i + frames] * kernel[i]
+        return out
+
+    def call(self, x, states, training=None):
+        new_states = {}
+        if self.separable:
+            x = self.spatial(x, training=training)
+            if self.kernel_t > 1:
+                padded, buffer = temporal_padding(x, self.kernel_t, self.causal, states.get(self.buffer_name))
+                kernel = tf.reshape(tf.cast(self.temporal_kernel, x.dtype), [self.kernel_t, -1])
+                x = self.act(self.bn_temporal(self.temporal_taps(padded, kernel), training=training))
+                if buffer is not None:
+                    new_states[self.buffer_name] = buffer
+            return x, new_states
+
+        padded, buffer = temporal_padding(x, self.kernel_t, self.causal, states.get(self.buffer_name))
+        if buffer is not None:
+            new_states[self.buffer_name] = buffer
+        frames = tf.shape(x)[1]
+        kernel = tf.cast(self.kernel, x.dtype)
+        channels = kernel.shape[-1]
+        strides = [1, self.stride, self.stride, 1]
+        y = None
+        for i in range(self.kernel_t):
+            tap = tf.reshape(kernel[i], [self.kernel_h, self.kernel_w, channels, 1])
+            window = padded[:, i:i + frames]
+            out = tf.nn.depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME")
+            y = out if y is None else y + out
+        y = batch_to_frames(y, x)
+        return self.act(self.bn(y, training=training)), new_states
+
+
+class PositionalEncoding(keras.layers.Layer):
+    """Sinusoidal encoding of the absolute frame index, scaled by a ReZero scalar.
+
+    Sines of the even angles then cosines of the odd ones (concatenated, not interleaved),
+    as the official nn_layers.PositionalEncoding; the frame counter makes it streamable.
+    """
+
+    def __init__(self, state_prefix: str, **kwargs):
+        super().__init__(**kwargs)
+        self.count_name = f"{state_prefix}_pos_enc_frame_count"
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(), initializer="zeros")
+
+    def call(self, x, states):
+        start, count = frame_counts(states, self.count_name, tf.float32)
+        frames = tf.shape(x)[1]
+        channels = x.shape[-1]
+        positions = start + tf.cast(tf.range(frames), tf.float32)
+        index = tf.range(channels)
+        power = tf.cast(2 * (index // 2), tf.float32) / float(channels)
+        angles = 1.0 / tf.pow(10000.0, power)
+        radians = positions[:, None] * angles[None, :]
+        encoding = tf.concat([tf.sin(radians[:, 0::2]), tf.cos(radians[:, 1::2])], axis=-1)
+        encoding = tf.reshape(encoding, [1, frames, 1, 1, channels])
+        x = x + tf.cast(self.scale * encoding, x.dtype)
+        return x, {self.count_name: count + frames}
+
+
+def cumulative_mean(per_frame, states, prefix, causal):
+    """Mean over all frames seen so far of ``per_frame`` ([B, T, 1, 1, C]).
+
+    causal: the running mean up to and including each frame ([B, T, 1, 1, C]); else the
+    mean over every frame seen, the current ones included ([B, 1, 1, 1, C]).
+    The state ``{prefix}_pool_buffer`` holds the running *mean* (not the official running
+    sum), so it stays bounded on long streams and survives int8 quantization; with
+    ``{prefix}_pool_frame_count`` the two give the same outputs.
+    """
+    buffer_name, count_name = f"{prefix}_pool_buffer", f"{prefix}_pool_frame_count"
+    seen, count = frame_counts(states, count_name, per_frame.dtype)
+    previous = states.get(buffer_name)
+    previous_sum = 0.0 if previous is None else tf.cast(previous, per_frame.dtype) * seen
+    frames = tf.shape(per_frame)[1]
+    if causal:
+        sums = tf.cumsum(per_frame, axis=1) + previous_sum
+        totals = seen + tf.cast(tf.range(1, frames + 1), per_frame.dtype)
+        means = sums / tf.reshape(totals, [1, -1, 1, 1, 1])
+        last = means[:, -1:]
+    else:
+        total = tf.reduce_sum(per_frame, axis=1, keepdims=True) + previous_sum
+        means = last = total / (seen + tf.cast(frames, per_frame.dtype))
+    return means, {buffer_name: last, count_name: count + frames}
+
+
+class SqueezeExcitation(keras.layers.Layer):
+    """Squeeze-and-excitation with causal pooling (official StreamSqueezeExcitation).
+
+    se_type '3d': (cumulative) spatiotemporal mean; '2d': per-frame spatial mean;
+    '2plus3d': concat([(cumulative) spatiotemporal mean, per-frame spatial mean]).
+    Then optional positional encoding -> 1x1 conv + activation -> 1x1 conv + gate -> x * gate.
+    """
+
+    def __init__(self, channels: int, se_type: str, hidden: int, causal: bool, positional_encoding: bool,
+                 activation: str, gating_activation: str, state_prefix: str,
+                 kernel_initializer="he_normal", kernel_l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.se_type = se_type
+        self.hidden = hidden
+        self.causal = causal
+        self.state_prefix = state_prefix
+        common = dict(use_bias=True, use_bn=False, kernel_initializer=kernel_initializer,
+                      kernel_l2=kernel_l2)
+        self.reduce = ConvNorm(hidden, activation=activation, name="se_reduce", **common)
+        self.expand = ConvNorm(channels, activation=gating_activation, name="se_expand", **common)
+        self.pos_encoding = PositionalEncoding(state_prefix, name="pos_encoding") if positional_encoding else None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        pooled = 2 * channels if self.se_type == "2plus3d" else channels
+        self.reduce.build((None, None, 1, 1, pooled))
+        self.expand.build((None, None, 1, 1, self.hidden))
+        if self.pos_encoding is not None:
+            self.pos_encoding.build((None, None, 1, 1, pooled))
+
+    def call(self, x, states):
+        new_states = {}
+        spatial = tf.reduce_mean(x, axis=[2, 3], keepdims=True)
+        if self.se_type == "2d":
+            pooled = spatial
+        else:
+            if self.causal:
+                temporal, new_states = cumulative_mean(spatial, states, self.state_prefix, causal=True)
+            else:
+                temporal = tf.reduce_mean(spatial, axis=1, keepdims=True)
+            if self.se_type == "2plus3d":
+                if not self.causal:
+                    temporal = tf.tile(temporal, [1, tf.shape(x)[1], 1, 1, 1])
+                pooled = tf.concat([temporal, spatial], axis=-1)
+            else:
+                pooled = temporal
+        if self.pos_encoding is not None:
+            pooled, pe_states = self.pos_encoding(pooled, states)
+            new_states.update(pe_states)
+        gate = self.expand(self.reduce(pooled))
+        return x * gate, new_states
+
+
+class StochasticDepth(keras.layers.Layer):
+    """Drops the residual branch per sample with probability ``rate`` while training."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
+        mask = tf.floor(keep + tf.random.uniform(shape, dtype=x.dtype))
+        return x / keep * mask
+
+
+class Bottleneck(keras.layers.Layer):
+    """One MoViNet layer (official MovinetBlock): inverted bottleneck with SE and ReZero.
+
+        x --> expand 1x1x1 -> depthwise (t,h,w) -> SE -> project 1x1x1 -> * rezero -> (+) -->
+          \\-- identity, or [avgpool 3x3/2] -> 1x1x1 conv + BN (skip projection) -----/
+    """
+
+    def __init__(self, in_filters: int, out_filters: int, expand: int, kernel, stride: int,
+                 options, se_hidden: int, drop_rate: float, state_prefix: str, **kwargs):
+        super().__init__(**kwargs)
+        self.state_prefix = state_prefix
+        common = dict(kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
+                      norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
+        self.expansion = ConvNorm(expand, activation=options.activation, name="expansion", **common)
+        self.feature = FeatureConv(kernel, stride, options.separable, options.causal, options.activation,
+                                   state_prefix, name="feature", **common)
+        self.se = (SqueezeExcitation(expand, options.se_type, se_hidden, options.causal, options.positional_encoding,
+                                     options.activation, options.gating_activation, state_prefix, name="se",
+                                     kernel_initializer=options.kernel_initializer,
+                                     kernel_l2=options.kernel_l2)
+                   if options.se_type != "none" else None)
+        self.projection = ConvNorm(out_filters, name="projection", **common)
+        self.downsample = stride > 1
+        self.skip = (ConvNorm(out_filters, name="skip_project", **common)
+                     if in_filters != out_filters or self.downsample else None)
+        self.stochastic_depth = StochasticDepth(drop_rate, name="stochastic_depth") if drop_rate > 0 else None
+        self.in_filters, self.expand_filters = in_filters, expand
+
+    def build(self, input_shape):
+        self.expansion.build(input_shape)
+        expanded = (*input_shape[:-1], self.expand_filters)
+        self.feature.build(expanded)
+        if self.se is not None:
+            self.se.build(expanded)
+        self.projection.build(expanded)
+        if self.skip is not None:
+            self.skip.build(input_shape)
+        self.rezero = self.add_weight(name="rezero", shape=(), initializer="zeros")
+
+    def call(self, inputs, states, training=None):
+        x = self.expansion(inputs, training=training)
+        x, new_states = self.feature(x, states, training=training)
+        if self.se is not None:
+            x, se_states = self.se(x, states)
+            new_states.update(se_states)
+        x = self.projection(x, training=training) * tf.cast(self.rezero, x.dtype)
+        if self.stochastic_depth is not None:
+            x = self.stochastic_depth(x, training=training)
+        skip = inputs
+        if self.skip is not None:
+            if self.downsample:
+                pooled = tf.nn.avg_pool2d(frames_to_batch(inputs), 3, 2, "SAME")
+                skip = batch_to_frames(pooled, inputs)
+            skip = self.skip(skip, training=training)
+        return x + skip, new_states
+
+
+class Head(keras.layers.Layer):
+    """1x1x1 projection + BN + activation, then the (never causal) global average pool.
+
+    In a causal model the pool is stateful: its output after any chunk is the mean of the
+    projected features over every frame seen so far, so streaming ends on the clip's value.
+    """
+
+    def __init__(self, project_filters: int, options, **kwargs):
+        super().__init__(**kwargs)
+        self.causal = options.causal
+        self.pooling = options.average_pooling_type
+        self.project = ConvNorm(project_filters, activation=options.activation, name="project",
+                                kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
+                                norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
+
+    def build(self, input_shape):
+        self.project.build(input_shape)
+
+    def call(self, x, states, training=None):
+        x = self.project(x, training=training)
+        if self.pooling == "none":
+            return x, {}
+        spatial = tf.reduce_mean(x, axis=[2, 3], keepdims=True)
+        if self.pooling == "2d":
+            return spatial, {}
+        if self.causal:
+            return cumulative_mean(spatial, states, "state_head", causal=False)
+        return tf.reduce_mean(spatial, axis=1, keepdims=True), {}
+
+
+class Classifier(keras.layers.Layer):
+    """1x1x1 conv + bias + activation -> dropout -> 1x1x1 conv + bias -> logits [B, classes]."""
+
+    def __init__(self, head_filters: int, num_classes: int, activation: str, dropout_rate: float,
+                 kernel_initializer="he_normal", kernel_l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.head = ConvNorm(head_filters, use_bias=True, use_bn=False, activation=activation, name="head",
+                             kernel_initializer=kernel_initializer, kernel_l2=kernel_l2)
+        self.dropout = keras.layers.Dropout(dropout_rate, name="dropout") if dropout_rate > 0 else None
+        self.classifier = ConvNorm(num_classes, use_bias=True, use_bn=False, name="classifier",
+                                   kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        self.head_filters = head_filters
+
+    def build(self, input_shape):
+        self.head.build(input_shape)
+        self.classifier.build((*input_shape[:-1], self.head_filters))
+
+    def call(self, x, training=None):
+        x = self.head(x)
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
+        x = self.classifier(x)
+        x = tf.reduce_mean(x, axis=[1, 2, 3]) if x.shape.rank == 5 else x
+        return tf.cast(x, tf.float32)

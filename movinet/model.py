@@ -1,0 +1,159 @@
+"""One builder for every MoViNet: a spec plus options -> a Keras 3 model.
+
+    image [B,T,H,W,3] in [0,1]
+      -> stem (1x3x3 conv /2) -> block0 ... block4 (Bottleneck layers) -> head (1x1x1 + pool)
+      -> classifier (1x1x1 + act -> dropout -> 1x1x1) -> logits [B, classes]
+
+Called with a tensor the model returns logits (zero initial states: what ``fit`` uses).
+Called with ``{**states, "image": chunk}`` it returns ``(logits, new_states)``; carrying the
+states over consecutive chunks gives the logits of the whole clip (stream mode).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+
+from movinet.cost import se_hidden, state_shapes
+from movinet.layers import Bottleneck, Classifier, ConvNorm, Head
+from movinet.options import ModelOptions, resolve_options
+from movinet.spec import ModelSpec, load_spec, spec_from_dict
+
+
+class StateError(ValueError):
+    """A state dict that does not fit the model: names the missing, unexpected or misshaped states."""
+
+
+@keras.saving.register_keras_serializable(package="movinet")
+class MovinetClassifier(keras.Model):
+    """A MoViNet backbone and classifier built from ``spec`` with ``options``."""
+
+    def __init__(self, spec: ModelSpec | Mapping, options: ModelOptions | Mapping, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec if isinstance(spec, ModelSpec) else spec_from_dict(spec, "<config>")
+        self.options = options if isinstance(options, ModelOptions) else ModelOptions(**options)
+        spec, options = self.spec, self.options
+        common = dict(kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
+                      norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
+        self.stem = ConvNorm(spec.stem.filters, spec.stem.kernel[1:], spec.stem.stride[1],
+                             activation=options.activation, name="stem", **common)
+        self.blocks = []
+        for index, (b, l, cin, cout, layer) in enumerate(spec.iter_layers(), start=1):
+            drop_rate = options.stochastic_depth_drop_rate * index / spec.num_layers
+            self.blocks.append(Bottleneck(
+                cin, cout, layer.expand, layer.kernel, layer.stride[1], options,
+                se_hidden(layer.expand, options), drop_rate, f"state_block{b}_layer{l}",
+                name=f"block{b}_layer{l}"))
+        self.head = Head(spec.head.project_filters, options, name="head")
+        self.classifier = Classifier(spec.head.head_filters, options.num_classes, options.classifier_activation,
+                                     options.dropout_rate, kernel_initializer=options.kernel_initializer,
+                                     kernel_l2=options.kernel_l2, name="classifier_head")
+
+    def build(self, input_shape=None):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["image"]
+        input_shape = tuple(input_shape or (None, None, None, None, 3))
+        spec = self.spec
+        self.stem.build(input_shape)
+        channels = spec.stem.filters
+        for layer in self.blocks:
+            layer.build((None, None, None, None, channels))
+            channels = layer.projection.filters
+        self.head.build((None, None, None, None, channels))
+        self.classifier.build((None, 1, 1, 1, spec.head.project_filters))
+        self.built = True
+
+    def call_endpoints(self, image, states=None, training=None):
+        """Runs the backbone; returns ({stem, block{b}_layer{l}, head: tensor}, new_states)."""
+        states = dict(states or {})
+        x = tf.cast(image, self.compute_dtype)
+        endpoints = {}
+        new_states = {}
+        x = self.stem(x, training=training)
+        endpoints["stem"] = x
+        for layer in self.blocks:
+            x, layer_states = layer(x, states, training=training)
+            new_states.update(layer_states)
+            endpoints[layer.name] = x
+        x, head_states = self.head(x, states, training=training)
+        new_states.update(head_states)
+        endpoints["head"] = x
+        return endpoints, new_states
+
+    def call(self, inputs, training=None):
+        if isinstance(inputs, Mapping):
+            image = inputs["image"]
+            states = {name: value for name, value in inputs.items() if name != "image"}
+            if states:
+                self.check_states(states, image.shape)
+            endpoints, new_states = self.call_endpoints(image, states, training)
+            return self.classifier(endpoints["head"], training=training), new_states
+        endpoints, _ = self.call_endpoints(inputs, None, training)
+        return self.classifier(endpoints["head"], training=training)
+
+    def state_shapes(self, video_shape) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{name: (shape, dtype)} of the stream states for a [B, T, H, W, 3] video."""
+        batch, _, height, width = (int(d) for d in tuple(video_shape)[:4])
+        return state_shapes(self.spec, self.options, batch, height, width)
+
+    def init_states(self, video_shape) -> dict[str, tf.Tensor]:
+        """Zero states, the start of a video of shape [B, T, H, W, 3] (T is not used)."""
+        return {name: tf.zeros(shape, dtype) for name, (shape, dtype) in self.state_shapes(video_shape).items()}
+
+    def check_states(self, states: Mapping, image_shape) -> None:
+        if not self.options.causal:
+            raise StateError(f"{self.spec.name} is a base (non-causal) model: it takes no stream states")
+        if any(d is None for d in image_shape[:4]):
+            expected = {name: None for name in state_shapes(self.spec, self.options, 1, 32, 32)}
+        else:
+            expected = self.state_shapes(image_shape)
+        missing = sorted(set(expected) - set(states))
+        unexpected = sorted(set(states) - set(expected))
+        problems = []
+        if missing:
+            problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)})")
+        if unexpected:
+            problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        for name in sorted(set(expected) & set(states)):
+            if expected[name] is None:
+                continue
+            shape = tuple(states[name].shape)
+            want = expected[name][0]
+            if len(shape) != len(want) or any(s is not None and s != w for s, w in zip(shape, want)):
+                problems.append(f"{name} has shape {list(shape)}, expected {list(want)}")
+        if problems:
+            raise StateError(f"state dict does not fit {self.spec.name} ({self.mode}): " + "; ".join(problems))
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.options.causal else "base"
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(spec=self.spec.to_dict(), options=self.options.to_dict())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(spec=config.pop("spec"), options=config.pop("options"), **config)
+
+
+def build_model(spec: "ModelSpec | str", mode: str = "base", *, num_classes: int = 600,
+                input_shape=None, **options) -> MovinetClassifier:
+    """Builds a MoViNet with its weights created.
+
+    Args:
+      spec: a published name ('a0' ... 'a5', 't0'), a spec YAML path, or a ModelSpec.
+      mode: 'base' (non-causal 3D) or 'stream' (causal, explicit states).
+      num_classes: classifier width.
+      input_shape: optional [B, T, H, W, 3] to build with (weights do not depend on it).
+      **options: any ModelOptions field (conv_type, se_type, activation, dropout_rate, ...).
+    """
+    spec = load_spec(spec)
+    resolved = resolve_options(spec, mode, num_classes=num_classes, **options)
+    model = MovinetClassifier(spec, resolved, name=f"movinet_{spec.name}_{mode}")
+    model.build(input_shape)
+    return model
