@@ -1,0 +1,52 @@
+"""The cost model against the official parameter counts and the reference multiply-adds."""
+
+import pytest
+
+import movinet
+from movinet.cost import make_divisible
+
+# Official count_params() with 600 classes (tf-models-official 2.20, BN statistics included).
+BASE_PARAMS = {"a0": 3_126_071, "a1": 4_717_912, "a2": 5_280_922, "a3": 7_443_289, "a4": 11_422_727,
+               "a5": 18_763_355, "t0": 1_740_502}
+STREAM_PARAMS = {"a0": 3_765_983, "a1": 6_481_560, "a2": 7_366_050, "a3": 11_043_146, "a4": 18_228_326,
+                 "a5": 31_636_734}
+# Reference multiply-adds of base models at the published inputs (convs, SE, classifier).
+BASE_GMACS = {"a0": 2.631, "a1": 5.866, "a2": 11.558, "a3": 55.59, "a4": 103.34, "a5": 276.33}
+
+
+@pytest.mark.parametrize("name", sorted(BASE_PARAMS))
+def test_base_parameter_count_is_official(name):
+    assert movinet.cost(name, "base").params == BASE_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_PARAMS))
+def test_stream_parameter_count_is_official(name):
+    assert movinet.cost(name, "stream").params == STREAM_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(BASE_GMACS))
+def test_base_multiply_adds_match_reference(name):
+    gmacs = movinet.cost(name, "base").macs / 1e9
+    assert gmacs == pytest.approx(BASE_GMACS[name], rel=0.005)
+
+
+def test_stream_positional_encoding_defaults_follow_the_official_yamls():
+    assert [movinet.resolve_options(movinet.load_spec(n), "stream").use_positional_encoding
+            for n in ("a0", "a1", "a2", "a3", "a4", "a5", "t0")] == [False] * 3 + [True] * 3 + [False]
+
+
+def test_make_divisible_matches_official_rule():
+    assert make_divisible(0.25 * 24) == 8
+    assert make_divisible(0.25 * 184) == 48
+    assert make_divisible(0.5 * 184) == 96
+    assert make_divisible(0.25 * 168) == 40   # 42 -> 40 (within 10%)
+    assert make_divisible(0.5 * 168) == 88    # 84 -> 88
+
+
+def test_macs_scale_with_clip_and_state_does_not():
+    one = movinet.cost("a0", "stream", frames=1, resolution=172)
+    many = movinet.cost("a0", "stream", frames=50, resolution=172)
+    classifier = 480 * 2048 + 2048 * 600
+    assert many.macs - classifier == 50 * (one.macs - classifier)
+    assert many.state_bytes == one.state_bytes
+    assert one.state_elements == 674_192          # reference inventory, a0 at 172

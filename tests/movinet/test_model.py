@@ -1,0 +1,163 @@
+"""The built Keras models: counts, shapes, states, streaming equivalence, config round trip."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import movinet
+from movinet.model import StateError
+from tests.helpers import FIXTURES, randomize_weights
+
+NAMES = ["a0", "a1", "a2", "a3", "a4", "a5", "t0"]
+RESOLUTION = {"a0": 172, "a1": 172, "a2": 224, "a3": 256, "a4": 290, "a5": 320, "t0": 160}
+
+
+def stream_chunks(model, clip, chunks):
+    states = model.init_states(clip.shape)
+    for chunk in np.array_split(clip, chunks, axis=1):
+        logits, states = model({**states, "image": chunk})
+    return logits.numpy(), states
+
+
+@pytest.mark.parametrize("mode", ["base", "stream"])
+@pytest.mark.parametrize("name", NAMES)
+def test_cost_model_counts_the_built_model(name, mode):
+    model = movinet.build_model(name, mode)
+    assert model.count_params() == movinet.cost(name, mode).params
+
+
+@pytest.mark.parametrize("options", [
+    dict(conv_type="3d"), dict(conv_type="3d_2plus1d"), dict(se_type="3d", use_positional_encoding=True),
+    dict(se_type="2d"), dict(se_type="none"), dict(num_classes=7),
+])
+def test_cost_model_counts_every_option(options):
+    model = movinet.build_model("t0", "stream", **options)
+    assert model.count_params() == movinet.cost("t0", "stream", **options).params
+
+
+def test_endpoint_shapes_of_a0():
+    model = movinet.build_model("a0")
+    endpoints, _ = model.call_endpoints(tf.zeros([1, 8, 128, 128, 3]))
+    expected = {"stem": [1, 8, 64, 64, 8], "block0_layer0": [1, 8, 32, 32, 8],
+                "block1_layer0": [1, 8, 16, 16, 32], "block2_layer0": [1, 8, 8, 8, 56],
+                "block3_layer0": [1, 8, 8, 8, 56], "block4_layer0": [1, 8, 4, 4, 104],
+                "head": [1, 1, 1, 1, 480]}
+    assert {k: list(endpoints[k].shape) for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_names_and_shapes_match_reference(name):
+    reference = json.loads((FIXTURES / "states_stream.json").read_text())[name]
+    model = movinet.build_model(name, "stream")
+    size = RESOLUTION[name]
+    states = model.state_shapes([1, 1, size, size, 3])
+    assert list(states) == list(reference)
+    assert {k: [list(s), d] for k, (s, d) in states.items()} == reference
+
+
+def test_stream_states_returned_by_the_model_match_init_states():
+    model = movinet.build_model("t0", "stream", num_classes=3)
+    states = model.init_states([2, 1, 48, 48, 3])
+    _, new_states = model({**states, "image": tf.zeros([2, 3, 48, 48, 3])})
+    assert {k: (tuple(v.shape), v.dtype) for k, v in new_states.items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in states.items()}
+    assert int(new_states["state_head_pool_frame_count"][0]) == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_streaming_equals_whole_clip(name):
+    """A clip in 1 and 2 chunks and frame by frame (4 chunks) gives the whole-clip logits."""
+    model = randomize_weights(movinet.build_model(name, "stream", num_classes=10), seed=1)
+    clip = np.random.default_rng(2).random((1, 4, 40, 40, 3), dtype=np.float32)
+    whole = model(clip).numpy()
+    assert np.abs(whole).max() > 1e-3
+    for chunks in (1, 2, 4):
+        logits, _ = stream_chunks(model, clip, chunks)
+        np.testing.assert_allclose(logits, whole, atol=1e-5, err_msg=f"{chunks} chunks")
+
+
+@pytest.mark.parametrize("options", [
+    dict(conv_type="3d"), dict(se_type="3d", use_positional_encoding=True), dict(se_type="2d"),
+    dict(se_type="none"), dict(activation="swish", gating_activation="sigmoid"),
+])
+def test_streaming_equals_whole_clip_for_every_stream_option(options):
+    model = randomize_weights(movinet.build_model("a0", "stream", num_classes=5, **options), seed=3)
+    clip = np.random.default_rng(4).random((2, 6, 36, 36, 3), dtype=np.float32)
+    whole = model(clip).numpy()
+    for chunks in (2, 6):
+        np.testing.assert_allclose(stream_chunks(model, clip, chunks)[0], whole, atol=1e-5)
+
+
+def test_streaming_is_causal():
+    """Logits after frame t do not depend on later frames."""
+    model = randomize_weights(movinet.build_model("a0", "stream", num_classes=5), seed=5)
+    clip = np.random.default_rng(6).random((1, 6, 32, 32, 3), dtype=np.float32)
+    changed = clip.copy()
+    changed[:, 4:] = 0.0
+    np.testing.assert_allclose(model(clip[:, :4]).numpy(), model(changed[:, :4]).numpy(), atol=1e-6)
+    assert np.abs(model(clip).numpy() - model(changed).numpy()).max() > 1e-4
+
+
+def test_base_model_is_not_causal():
+    """In a base model the first frame's features depend on the last frame (SE 3d, 'same' padding)."""
+    model = randomize_weights(movinet.build_model("a0", "base", num_classes=5), seed=7)
+    clip = np.random.default_rng(8).random((1, 6, 32, 32, 3), dtype=np.float32)
+    changed = clip.copy()
+    changed[:, -1] = 0.0
+    first = model.call_endpoints(clip)[0]["block4_layer0"][:, 0]
+    first_changed = model.call_endpoints(changed)[0]["block4_layer0"][:, 0]
+    assert np.abs((first - first_changed).numpy()).max() > 1e-4
+
+
+def test_config_round_trip_keeps_every_option():
+    model = movinet.build_model("t0", "stream", num_classes=4, se_type="2d", gating_activation="sigmoid",
+                                average_pooling_type="3d", classifier_activation="hard_swish",
+                                conv_type="3d", dropout_rate=0.3, stochastic_depth_drop_rate=0.1,
+                                kernel_l2=1e-5)
+    randomize_weights(model, seed=9)
+    clone = movinet.MovinetClassifier.from_config(model.get_config())
+    clone.build()
+    assert clone.options == model.options and clone.spec == model.spec
+    clone.set_weights(model.get_weights())
+    clip = np.random.default_rng(10).random((1, 4, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(clone(clip).numpy(), model(clip).numpy(), atol=1e-6)
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = randomize_weights(movinet.build_model("t0", "stream", num_classes=3), seed=11)
+    path = tmp_path / "t0.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    clip = np.random.default_rng(12).random((1, 3, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(restored(clip).numpy(), model(clip).numpy(), atol=1e-6)
+    assert restored.options == model.options
+
+
+def test_bad_state_dicts_are_named():
+    model = movinet.build_model("a0", "stream", num_classes=3)
+    states = model.init_states([1, 1, 32, 32, 3])
+    frame = tf.zeros([1, 1, 32, 32, 3])
+    missing = dict(states)
+    del missing["state_block1_layer0_stream_buffer"]
+    with pytest.raises(StateError, match="missing.*state_block1_layer0_stream_buffer"):
+        model({**missing, "image": frame})
+    wrong = dict(states, state_head_pool_buffer=tf.zeros([1, 1, 1, 1, 7]))
+    with pytest.raises(StateError, match=r"state_head_pool_buffer has shape \[1, 1, 1, 1, 7\]"):
+        model({**wrong, "image": frame})
+    with pytest.raises(StateError, match="base"):
+        movinet.build_model("t0", "base")({**movinet.build_model("t0", "stream").init_states(
+            [1, 1, 32, 32, 3]), "image": frame})
+
+
+def test_training_step_updates_a_stream_model():
+    """Stream models train on whole clips with zero initial states (no external states needed)."""
+    model = movinet.build_model("t0", "stream", num_classes=3, dropout_rate=0.2, stochastic_depth_drop_rate=0.2)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clips = np.random.default_rng(13).random((4, 4, 32, 32, 3), dtype=np.float32)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.fit(clips, np.array([0, 1, 2, 0]), epochs=1, batch_size=2, verbose=0)
+    changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+    assert changed > len(before) // 2
