@@ -1,0 +1,204 @@
+"""Ray Tune backend: trials as Ray actors on a local Ray or an existing cluster.
+
+The sampler (``search.samplers``) stays in the driver behind a Tune ``Searcher``; a Tune
+``Callback`` appends each finished or failed trial to the ledger the moment Tune sees it end, so a
+search killed midway resumes from the ledger without losing or re-running a finished trial.
+The driver asks Ray for no CPU itself: on a 2-core machine both cores go to trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Callable, Mapping
+
+import ray
+from ray import cloudpickle, tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+
+import search as search_package
+from search.candidate import Candidate
+from search.results import FAILED, OK, STOPPED, Ledger, format_row, trial_row
+from search.samplers import Sampler
+from search.space import SearchSpace
+from search.trial import TrialFn, run_trial, trial_location
+
+BACKEND = "ray"
+
+
+class ClusterError(RuntimeError):
+    """No Ray cluster answers at the given address."""
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    package_root = str(Path(search_package.__file__).resolve().parent.parent)
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p), "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    if address is None:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env, logging_level="ERROR")
+        return True
+    _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level="ERROR")
+    except Exception as err:   # Ray raises ConnectionError, RuntimeError or its own types here
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {err}") from None
+    return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails in seconds, not minutes, when nothing listens at ``host:port``."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if match is None:
+        if address == "auto":
+            return
+        raise ClusterError(f"--address {address!r}: expected host:port (or ray://host:port, or auto)")
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"no Ray cluster answers at {address} ({err}); start one with "
+                           f"`ray start --head --port={port}` or leave out --address to run locally") from None
+
+
+class CandidateSearcher(Searcher):
+    """Hands Tune the sampler's candidates, at most ``limit`` of them, and feeds results back."""
+
+    def __init__(self, sampler: Sampler, limit: int, metric: str):
+        super().__init__(metric=metric, mode="max")
+        self.sampler = sampler
+        self.limit = limit
+        self.suggested = 0
+        self.candidates: dict[str, Candidate] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        if self.suggested >= self.limit:
+            return Searcher.FINISHED
+        candidate = self.sampler.suggest()
+        if candidate is None:
+            return Searcher.FINISHED
+        self.suggested += 1
+        self.candidates[trial_id] = candidate
+        return {"candidate": candidate.to_dict()}
+
+    def on_trial_complete(self, trial_id: str, result: Mapping | None = None, error: bool = False):
+        candidate = self.candidates.pop(trial_id, None)
+        if candidate is not None:
+            self.sampler.observe(candidate, None if error or not result else result)
+
+
+class LedgerCallback(tune.Callback):
+    """Records every ended trial in the ledger and prints progress."""
+
+    def __init__(self, ledger: Ledger, sampler: Sampler, space: SearchSpace, total: int, done: int,
+                 echo: Callable[[str], None]):
+        self.ledger, self.sampler, self.space = ledger, sampler, space
+        self.total, self.done, self.echo = total, done, echo
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        candidate = Candidate.from_dict(trial.config["candidate"])
+        self.echo(f"trial {trial.trial_id} {candidate.key} started: {candidate.frames}x{candidate.resolution} "
+                  f"clip, stride {candidate.frame_stride}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.echo(f"trial {trial.trial_id} epoch {result.get('epoch')}: top1={result['top1']:.3f} "
+                  f"reward={result['reward']:.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        epochs = self.space.budget["epochs"]
+        status = STOPPED if result.get("epoch") is not None and result["epoch"] < epochs else OK
+        self._record(trial, result, status, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result or {}, FAILED, _error_text(trial))
+
+    def _record(self, trial, result: Mapping, status: str, error: str | None):
+        candidate = Candidate.from_dict(trial.config["candidate"])
+        location = getattr(trial.temporary_state, "location", None)
+        fallback = {"hostname": getattr(location, "hostname", None), "pid": getattr(location, "pid", None)}
+        row = trial_row(trial.trial_id, candidate, result if "top1" in result else None, status=status,
+                        error=error, backend=BACKEND, location=fallback)
+        self.ledger.append(row)
+        self.done += 1
+        self.ledger.save_state(rejected=self.sampler.rejected)
+        self.echo(f"[{self.done}/{self.total}] " + format_row(row))
+
+
+def _error_text(trial) -> str:
+    """The exception the trial raised, as 'Type: message' (the traceback stays in the trial folder)."""
+    path = trial.pickled_error_file
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+        cause = getattr(error, "cause", None) or error
+        return f"{type(cause).__name__}: {cause}"
+    return "the trial's process died (no exception was recorded)"
+
+
+def _fitting_trials(settings) -> int:
+    """How many trials the cluster holds at once. Tune asks a custom searcher for one trial at a
+    time unless told, so without this the trials would run one after another."""
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 1) / settings.cpus if settings.cpus else math.inf,
+            resources.get("GPU", 0) / settings.gpus if settings.gpus else math.inf]
+    return max(1, int(min(fits))) if min(fits) < math.inf else 1
+
+
+def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)   # Keras 3 code; see shared pitfalls
+    candidate = Candidate.from_dict(config["candidate"])
+    location = trial_location()
+    run_trial(trial_fn, candidate, space, lambda row: tune.report({**row, **location}))
+
+
+def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn, *, remaining: int,
+        done: int, total: int, address: str | None = None, num_cpus: int | None = None,
+        echo: Callable[[str], None] = print) -> None:
+    """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # no result boxes: progress lines come from the callback
+    started = connect(address, num_cpus)
+    quiet = [logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:   # failed trials are reported once, by the ledger callback, not as tracebacks
+        logger.setLevel(logging.CRITICAL)
+    try:
+        settings = space.settings
+        trainable = tune.with_resources(tune.with_parameters(_trainable, trial_fn=trial_fn, space=space),
+                                        {"cpu": settings.cpus, "gpu": settings.gpus})
+        metric = "top1" if settings.algorithm == "multi_objective" else space.objective.metric
+        scheduler = None
+        if settings.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=space.budget["epochs"], grace_period=1,
+                                      reduction_factor=2)
+        runs = ledger.folder / "ray"
+        segment = len(list(runs.glob("run-*"))) if runs.exists() else 0
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode="max", search_alg=CandidateSearcher(sampler, remaining, metric),
+                scheduler=scheduler, num_samples=remaining,
+                max_concurrent_trials=settings.max_concurrent or _fitting_trials(settings),
+                trial_dirname_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(
+                name=f"run-{segment}", storage_path=str(runs.resolve()), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                callbacks=[LedgerCallback(ledger, sampler, space, total, done, echo)]),
+        )
+        tuner.fit()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+        if started:
+            ray.shutdown()

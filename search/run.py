@@ -1,0 +1,122 @@
+"""One search from start to finish: space file -> cost check -> sampler -> backend -> results.
+
+    space YAML --load_space--> SearchSpace --check_feasible--> (fails here if no point fits)
+      --make_sampler + replay(ledger)--> Sampler --backend.run--> ledger.jsonl --> tables, plot, best spec
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from search.candidate import check_feasible
+from search.results import Ledger, row_candidate, row_result, summary_table, write_results
+from search.samplers import make_sampler
+from search.space import SearchSpace, dump_space, load_space, space_from_dict, space_to_dict
+from search.trial import TrialFn
+
+BACKENDS = ("ray", "kerastuner")
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or continue; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class SearchResult:
+    folder: Path
+    rows: list[dict]
+    rejected: int
+    written: dict[str, Path]
+
+    @property
+    def best(self) -> Path | None:
+        return self.written.get("best_spec.yaml")
+
+
+def with_overrides(space: SearchSpace, **overrides) -> SearchSpace:
+    """The space with command-line overrides of its ``search`` section (None keeps the file's)."""
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if not changes:
+        return space
+    data = space_to_dict(space)
+    for key, value in changes.items():
+        if key in ("cpus", "gpus"):
+            data["search"]["resources"][key] = value
+        else:
+            data["search"][key] = value
+    return space_from_dict(data, source=f"{space.source} (with {', '.join(sorted(changes))} overridden)")
+
+
+def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", output_dir: "str | Path" = "results",
+               resume: bool = False, address: str | None = None, num_trials: int | None = None,
+               algorithm: str | None = None, scheduler: str | None = None, cpus: float | None = None,
+               gpus: float | None = None, num_cpus: int | None = None, trial_fn: TrialFn | None = None,
+               echo: Callable[[str], None] = print) -> SearchResult:
+    """Searches ``space`` and writes ``<output_dir>/<space name>/``; see ``search.results``.
+
+    Args:
+      backend: 'ray' (local Ray, or the cluster at ``address``) or 'kerastuner' (this process).
+      resume: continue the search recorded in the output folder; finished trials are kept and
+        not run again. Without it, a folder that already holds trials is an error.
+      num_trials, algorithm, scheduler, cpus, gpus: override the file's ``search`` section.
+      num_cpus: CPUs of the local Ray (default: all).
+      trial_fn: the trial contract (``search.trial``); default trains with ``movinet.train``.
+    """
+    if backend not in BACKENDS:
+        raise SearchError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+    space = with_overrides(load_space(space), num_trials=num_trials, algorithm=algorithm,
+                           scheduler=scheduler, cpus=cpus, gpus=gpus)
+    if trial_fn is None:
+        from search.training import train_and_score as trial_fn
+    folder = Path(output_dir) / space.name
+    ledger = Ledger(folder)
+    rows = ledger.rows()
+    _check_folder(folder, space, rows, resume)
+    acceptance = check_feasible(space)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(dump_space(space))
+
+    sampler = make_sampler(space)
+    sampler.rejected = ledger.state().get("rejected", 0) if resume else 0
+    for row in rows:
+        sampler.replay(row_candidate(row), row_result(row))
+    ledger.save_state(rejected=sampler.rejected)
+    total = space.settings.num_trials
+    remaining = total - len(rows)
+    low, high = space.objective.bounds
+    echo(f"search {space.name}: {space.size():,} points, about {acceptance:.0%} of them within "
+         f"{low / 1e6:.2f}M-{high / 1e6:.2f}M multiply-adds; {space.settings.algorithm} on {backend}, "
+         f"{remaining} of {total} trials to run" + (f" ({len(rows)} already finished)" if rows else ""))
+    if remaining > 0:
+        run_kwargs = dict(remaining=remaining, done=len(rows), total=total, echo=echo)
+        if backend == "ray":
+            from search import ray_backend
+
+            ray_backend.run(space, sampler, ledger, trial_fn, address=address, num_cpus=num_cpus, **run_kwargs)
+        else:
+            from search import kerastuner_backend
+
+            kerastuner_backend.run(space, sampler, ledger, trial_fn, **run_kwargs)
+
+    rows = ledger.rows()
+    written = write_results(folder, rows, space.objective)
+    echo(summary_table(rows, space.objective, sampler.rejected))
+    if "best_spec.yaml" in written:
+        echo(f"best spec: {written['best_spec.yaml']}")
+    echo(f"results: {folder}")
+    return SearchResult(folder=folder, rows=rows, rejected=sampler.rejected, written=written)
+
+
+def _check_folder(folder: Path, space: SearchSpace, rows: list[dict], resume: bool) -> None:
+    if rows and not resume:
+        raise SearchError(f"{folder} already holds {len(rows)} finished trials: pass --resume to continue "
+                          "that search, or give another --output-dir")
+    saved = folder / "space.yaml"
+    if resume and rows and saved.exists():
+        before = {k: v for k, v in space_to_dict(load_space(saved)).items() if k != "search"}
+        now = {k: v for k, v in space_to_dict(space).items() if k != "search"}
+        if before != now:
+            raise SearchError(f"{folder}: --resume needs the space it started with ({saved}); "
+                              f"{space.source} differs outside its search section")

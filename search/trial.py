@@ -1,0 +1,89 @@
+"""The trial contract: what one trial does with one candidate, whichever backend runs it.
+
+A trial function is ``trial_fn(candidate, space, report) -> metrics``. It builds the candidate
+in stream mode, trains it on ``space.data`` within ``space.budget``, calls ``report(metrics)``
+after every epoch (schedulers such as ASHA stop trials on these) and returns the final metrics:
+``top1`` (required), ``top5``, ``loss``, ``latency_ms``, ``epoch``. ``run_trial`` completes each
+report with the candidate's multiply-adds, parameters and TuNAS reward, so every trial function
+is scored the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Mapping
+
+from search.candidate import Candidate
+from search.space import SearchSpace
+
+Report = Callable[[dict], None]
+TrialFn = Callable[[Candidate, SearchSpace, Report], Mapping]
+
+
+def run_trial(trial_fn: TrialFn, candidate: Candidate, space: SearchSpace, report: Report) -> dict:
+    """Runs ``trial_fn`` on ``candidate``; every report and the result carry cost and reward."""
+    cost = candidate.cost(space.num_classes)
+    started = time.monotonic()
+    reported: list[Mapping] = []
+
+    def complete(metrics: Mapping) -> dict:
+        if "top1" not in metrics:
+            raise ValueError(f"the trial function reported {sorted(metrics)}: top1 is required")
+        row = {"macs": cost.macs, "params": cost.params, **metrics}
+        row["reward"] = space.objective.reward(float(row["top1"]), row["macs"])
+        row["seconds"] = time.monotonic() - started
+        return row
+
+    def forward(metrics: Mapping) -> None:
+        reported.append(dict(metrics))
+        report(complete(metrics))
+
+    metrics = dict(trial_fn(candidate, space, forward))
+    final = complete(metrics)
+    if not reported or reported[-1] != metrics:
+        report(final)
+    return final
+
+
+def hold_threads(cpus: float) -> None:
+    """Holds TensorFlow to the trial's CPUs; call before TensorFlow runs anything in the process."""
+    import tensorflow as tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:   # the runtime already started in this process; keep its pools
+        pass
+
+
+def stream_latency_ms(model, resolution: int, frames: int = 16, warmup: int = 3) -> float:
+    """Median wall time of one frame through the stream model, states carried, batch 1."""
+    import numpy as np
+    import tensorflow as tf
+
+    step = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    states = model.init_states([1, 1, resolution, resolution, 3])
+    frame = tf.random.uniform([1, 1, resolution, resolution, 3], seed=0)
+    times = []
+    for i in range(warmup + frames):
+        began = time.perf_counter()
+        logits, states = step({**states, "image": frame})
+        logits.numpy()
+        if i >= warmup:
+            times.append(time.perf_counter() - began)
+    return float(np.median(times) * 1e3)
+
+
+def trial_location() -> dict:
+    """Where a trial runs: Ray node id when under Ray, host and process id always."""
+    location = {"hostname": os.uname().nodename, "pid": os.getpid(), "node_id": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            location["node_id"] = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return location
