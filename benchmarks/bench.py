@@ -1,0 +1,193 @@
+"""Speed and memory of this implementation beside the official one, measured in the same run.
+
+    python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...]
+
+Each figure is printed with the official figure and the ratio when the official environment
+(benchmarks/make_official_env.sh) is given, and as a fraction of this machine's float32
+matrix-multiply peak. Batch 1 and float32 unless said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_peak_gflops() -> float:
+    import tensorflow as tf
+
+    a = tf.random.uniform([2048, 2048])
+    b = tf.random.uniform([2048, 2048])
+    matmul = tf.function(lambda: tf.matmul(a, b))
+    seconds = timed(lambda: matmul().numpy(), repeats=10)
+    return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def ours_stream(resolution: int = 172, frames: int = 60) -> float:
+    import tensorflow as tf
+
+    import movinet
+
+    model = movinet.build_model("a0", "stream")
+    step = tf.function(lambda states, frame: model({**states, "image": frame}))
+    states = model.init_states([1, 1, resolution, resolution, 3])
+    frame = tf.random.uniform([1, 1, resolution, resolution, 3])
+    holder = {"states": states}
+
+    def run():
+        logits, holder["states"] = step(holder["states"], frame)
+        logits.numpy()
+
+    return timed(run, repeats=frames, warmup=5)
+
+
+def ours_base(frames: int = 50, resolution: int = 172) -> float:
+    import tensorflow as tf
+
+    import movinet
+
+    model = movinet.build_model("a0", "base")
+    clip = tf.random.uniform([1, frames, resolution, resolution, 3])
+    forward = tf.function(lambda x: model(x))
+    return timed(lambda: forward(clip).numpy(), repeats=3, warmup=1)
+
+
+def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172) -> float:
+    import keras
+    import tensorflow as tf
+
+    import movinet
+
+    model = movinet.build_model("a0", mode)
+    optimizer = keras.optimizers.RMSprop(1e-3)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    clips = tf.random.uniform([batch, frames, resolution, resolution, 3])
+    labels = tf.zeros([batch], tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(clips, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return batch / timed(lambda: step().numpy(), repeats=3, warmup=1)
+
+
+def peak_rss_mib(kind: str, frames: int) -> float:
+    """Peak resident memory of a fresh process streaming (or running base on) ``frames`` frames."""
+    code = f"""
+import resource, tensorflow as tf, movinet
+kind, frames, res = {kind!r}, {frames}, 172
+if kind == "stream":
+    model = movinet.build_model("a0", "stream")
+    step = tf.function(lambda s, f: model({{**s, "image": f}}))
+    states = model.init_states([1, 1, res, res, 3])
+    frame = tf.random.uniform([1, 1, res, res, 3])
+    for _ in range(frames):
+        logits, states = step(states, frame)
+else:
+    model = movinet.build_model("a0", "base")
+    model(tf.random.uniform([1, frames, res, res, 3])).numpy()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cost_model_rate(seconds: float = 2.0) -> float:
+    import movinet
+
+    spec = movinet.load_spec("a2")
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        movinet.cost(spec, "stream", frames=50, resolution=224)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def official(python: str, what: str) -> dict | None:
+    if not python:
+        return None
+    out = subprocess.run([python, str(HERE / "official_bench.py"), what], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  (official run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def row(name, ours, reference, unit, lower_is_better=True, peak=None, macs=None):
+    line = f"{name:<42} ours {ours:10.3f} {unit}"
+    if reference is not None:
+        ratio = reference / ours if lower_is_better else ours / reference
+        line += f" | official {reference:10.3f} {unit} | speed-up x{ratio:.2f}"
+    if peak and macs:
+        seconds = ours if unit == "s" else ours / 1000
+        line += f" | {2 * macs / seconds / 1e9 / peak:.1%} of matmul peak"
+    print(line, flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official-python", default=os.environ.get("MOVINET_OFFICIAL_PYTHON", ""))
+    parser.add_argument("--only", default="peak,stream,base,train,memory,cost")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if args.official_python and not Path(args.official_python).exists():
+        print(f"official environment {args.official_python} not found: comparisons skipped "
+              "(build it with benchmarks/make_official_env.sh)")
+        args.official_python = ""
+    elif not args.official_python:
+        print("no --official-python given: comparisons skipped (build one with benchmarks/make_official_env.sh)")
+
+    import movinet
+
+    print(f"machine: {os.cpu_count()} CPUs; TensorFlow threads default")
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s")
+    if "stream" in only:
+        macs = movinet.cost("a0", "stream", frames=1, resolution=172).macs
+        ref = official(args.official_python, "stream")
+        row("A0 stream, 1 frame 172x172 (ms/frame)", ours_stream() * 1000, ref and ref["ms"], "ms",
+            peak=peak, macs=macs)
+    if "base" in only:
+        macs = movinet.cost("a0", "base").macs
+        ref = official(args.official_python, "base")
+        row("A0 base, 50x172x172 clip (s)", ours_base(), ref and ref["s"], "s", peak=peak, macs=macs)
+    if "train" in only:
+        for mode in ("base", "stream"):
+            ref = official(args.official_python, f"train_{mode}")
+            row(f"A0 {mode} training, 8x172x172 x8 (clips/s)", ours_train(mode), ref and ref["clips_per_s"],
+                "clips/s", lower_is_better=False)
+    if "memory" in only:
+        for kind in ("stream", "base"):
+            short, long = peak_rss_mib(kind, 64), peak_rss_mib(kind, 512 if kind == "stream" else 128)
+            print(f"A0 {kind} peak RSS: {short:.0f} MiB at 64 frames, {long:.0f} MiB at "
+                  f"{512 if kind == 'stream' else 128} frames ({long / short - 1:+.1%})", flush=True)
+        for name in movinet.named_specs():
+            spec = movinet.load_spec(name)
+            size = movinet.cost(name, "stream", frames=1).state_bytes
+            print(f"  {name} stream state at {spec.input.resolution}px: {size:,} bytes")
+    if "cost" in only:
+        print(f"cost model: {cost_model_rate():,.0f} specs/s (a2, stream, 50x224x224)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Runs one measurement on the official implementation; prints one JSON line.
+
+Executed with the official environment's python by bench.py (it imports tf-models-official).
+"""
+
+import json
+import sys
+import time
+
+import tensorflow as tf
+from official.projects.movinet.modeling import movinet as official_movinet
+from official.projects.movinet.modeling import movinet_model
+
+
+def timed(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def build(causal, external_states=None):
+    """A0 with 600 classes; stream models take external states unless training."""
+    external_states = causal if external_states is None else external_states
+    settings = dict(model_id="a0", causal=causal, use_external_states=external_states)
+    if causal:
+        settings.update(conv_type="2plus1d", se_type="2plus3d", activation="hard_swish",
+                        gating_activation="hard_sigmoid")
+    backbone = official_movinet.Movinet(**settings)
+    return movinet_model.MovinetClassifier(backbone, num_classes=600, output_states=external_states)
+
+
+def main(what):
+    if what == "stream":
+        model = build(True)
+        states = model.init_states(tf.constant([1, 1, 172, 172, 3]))
+        frame = tf.random.uniform([1, 1, 172, 172, 3])
+        step = tf.function(lambda s, f: model({**s, "image": f}))
+        holder = {"states": states}
+
+        def run():
+            logits, holder["states"] = step(holder["states"], frame)
+            logits.numpy()
+
+        return {"ms": 1000 * timed(run, 60, warmup=5)}
+    if what == "base":
+        model = build(False)
+        clip = tf.random.uniform([1, 50, 172, 172, 3])
+        return {"s": timed(lambda: model(clip).numpy(), 2, warmup=1)}
+    model = build(what == "train_stream", external_states=False)
+    optimizer = tf.keras.optimizers.RMSprop(1e-3)
+    clips = tf.random.uniform([8, 8, 172, 172, 3])
+    labels = tf.zeros([8], tf.int32)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(clips, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return {"clips_per_s": 8 / timed(lambda: step().numpy(), 2, warmup=1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))
