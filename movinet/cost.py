@@ -10,6 +10,8 @@ are left out.
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
+from typing import NamedTuple
 
 from movinet.options import ModelOptions, resolve_options
 from movinet.spec import ModelSpec, load_spec
@@ -25,8 +27,12 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def se_hidden(expand: int, options: ModelOptions) -> int:
-    multiplier = 2 if options.se_type == "2plus3d" else 1
-    return make_divisible(options.se_ratio * expand * multiplier, 8)
+    return _se_hidden(expand, options.se_ratio, options.se_type == "2plus3d")
+
+
+@lru_cache(maxsize=4096)
+def _se_hidden(expand: int, se_ratio: float, doubled: bool) -> int:
+    return make_divisible(se_ratio * expand * (2 if doubled else 1), 8)
 
 
 def downsampled(size: int, stride: int) -> int:
@@ -34,8 +40,7 @@ def downsampled(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerCost:
+class LayerCost(NamedTuple):
     name: str
     out_shape: tuple[int, int, int, int]   # frames, height, width, channels
     params: int
@@ -79,10 +84,6 @@ class Cost:
                 "state_elements": self.state_elements, "state_bytes": self.state_bytes}
 
 
-def _bn(channels: int) -> tuple[int, int]:
-    return 4 * channels, 2 * channels
-
-
 def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = None,
          resolution: int | tuple[int, int] | None = None, options: ModelOptions | None = None,
          **overrides) -> Cost:
@@ -110,22 +111,29 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
     stem = spec.stem
     h, w = downsampled(height, stem.stride[1]), downsampled(width, stem.stride[2])
     kernel = stem.kernel[1] * stem.kernel[2] * 3 * stem.filters
-    params, stats = _bn(stem.filters)
+    params, stats = 4 * stem.filters, 2 * stem.filters
     layers.append(LayerCost("stem", (t, h, w, stem.filters), kernel + params, stats,
                             t * h * w * kernel, 0))
 
     se_type = options.se_type
+    separable = options.separable
+    has_se = se_type != "none"
+    se_doubled = se_type == "2plus3d"
+    se_positions = 1 if (se_type == "3d" and not causal) else t
+    pe_params = int(options.positional_encoding and has_se)
+    pool_state = causal and "3d" in se_type
+    se_ratio = options.se_ratio
     for b, l, cin, cout, layer in spec.iter_layers():
         e = layer.expand
         kt, kh, kw = layer.kernel
         stride = layer.stride[1]
         ho, wo = downsampled(h, stride), downsampled(w, stride)
-        bn_e, stats_e = _bn(e)
-        bn_o, stats_o = _bn(cout)
+        bn_e, stats_e = 4 * e, 2 * e
+        bn_o, stats_o = 4 * cout, 2 * cout
         params = cin * e + bn_e                                   # expansion
         stats = stats_e
         macs = t * h * w * cin * e
-        if options.separable:
+        if separable:
             params += kh * kw * e + bn_e
             stats += stats_e
             macs += t * ho * wo * e * kh * kw
@@ -137,13 +145,11 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
             params += kt * kh * kw * e + bn_e
             stats += stats_e
             macs += t * ho * wo * e * kt * kh * kw
-        if se_type != "none":
-            se_in = 2 * e if se_type == "2plus3d" else e
-            hidden = se_hidden(e, options)
-            params += se_in * hidden + hidden + hidden * e + e
-            positions = 1 if (se_type == "3d" and not causal) else t
-            macs += positions * (se_in * hidden + hidden * e)
-            params += int(options.positional_encoding)
+        if has_se:
+            se_in = 2 * e if se_doubled else e
+            hidden = _se_hidden(e, se_ratio, se_doubled)
+            params += se_in * hidden + hidden + hidden * e + e + pe_params
+            macs += se_positions * (se_in * hidden + hidden * e)
         params += e * cout + bn_o + 1                             # projection, ReZero scale
         stats += stats_o
         macs += t * ho * wo * e * cout
@@ -154,18 +160,17 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
         state = counters = 0
         if causal:
             if kt > 1:
-                bh, bw = (ho, wo) if options.separable else (h, w)
-                state += (kt - 1) * bh * bw * e
-            if "3d" in se_type:
+                state += (kt - 1) * (ho * wo if separable else h * w) * e
+            if pool_state:
                 state += e
                 counters += 1
-            counters += int(options.positional_encoding and se_type != "none")
+            counters += pe_params
         layers.append(LayerCost(f"block{b}_layer{l}", (t, ho, wo, cout), params, stats, macs, state,
                                 counters))
         h, w = ho, wo
 
     project = spec.head.project_filters
-    params, stats = _bn(project)
+    params, stats = 4 * project, 2 * project
     last = spec.blocks[-1].filters
     layers.append(LayerCost("head", (1, 1, 1, project), last * project + params, stats,
                             t * h * w * last * project, project if causal else 0, int(causal)))
