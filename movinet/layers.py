@@ -13,6 +13,8 @@ function as a grouped Conv3D (TF 'SAME' padding per axis) and ~100x faster on CP
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -76,6 +78,36 @@ def frame_counts(states, name, dtype):
     return tf.cast(count[0], dtype), count
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvSettings:
+    """What every convolution and BN of a model shares, taken from its ModelOptions."""
+
+    kernel_initializer: object = "he_normal"
+    kernel_l2: float = 0.0
+    bias_l2: float = 0.0
+    norm_momentum: float = 0.99
+    norm_epsilon: float = 1e-3
+    sync_bn: bool = False
+
+    @classmethod
+    def from_options(cls, options) -> "ConvSettings":
+        return cls(options.kernel_initializer, options.kernel_l2, options.bias_l2, options.norm_momentum,
+                   options.norm_epsilon, options.use_sync_bn)
+
+    def batch_norm(self, name: str):
+        return keras.layers.BatchNormalization(momentum=self.norm_momentum, epsilon=self.norm_epsilon,
+                                               synchronized=self.sync_bn, name=name)
+
+    def kernel_regularizer(self):
+        return keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 else None
+
+    def bias_regularizer(self):
+        return keras.regularizers.L2(self.bias_l2) if self.bias_l2 else None
+
+    def replace(self, **changes) -> "ConvSettings":
+        return dataclasses.replace(self, **changes)
+
+
 class ConvNorm(keras.layers.Layer):
     """A per-frame convolution (pointwise, full 2D, or depthwise 2D) -> BN -> activation.
 
@@ -85,20 +117,16 @@ class ConvNorm(keras.layers.Layer):
 
     def __init__(self, filters: int, kernel_size=(1, 1), stride: int = 1, depthwise: bool = False,
                  use_bias: bool = False, use_bn: bool = True, activation: str | None = None,
-                 kernel_initializer="he_normal", kernel_l2: float = 0.0,
-                 norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+                 settings: ConvSettings = ConvSettings(), **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = tuple(kernel_size)
         self.stride = stride
         self.depthwise = depthwise
         self.use_bias = use_bias
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
-        self.kernel_l2 = kernel_l2
+        self.settings = settings
         self.act = activation_fn(activation) if activation else None
-        self.bn = (keras.layers.BatchNormalization(momentum=norm_momentum, epsilon=norm_epsilon, name="bn")
-                   if use_bn else None)
+        self.bn = settings.batch_norm("bn") if use_bn else None
 
     @property
     def pointwise(self) -> bool:
@@ -112,10 +140,10 @@ class ConvNorm(keras.layers.Layer):
             shape = (*self.kernel_size, channels, 1)
         else:
             shape = (*self.kernel_size, channels, self.filters)
-        regularizer = keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 else None
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer,
-                                      regularizer=regularizer)
-        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.settings.kernel_initializer,
+                                      regularizer=self.settings.kernel_regularizer())
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros",
+                                     regularizer=self.settings.bias_regularizer())
                      if self.use_bias else None)
         if self.bn is not None:
             self.bn.build((*input_shape[:-1], channels if self.depthwise else self.filters))
@@ -159,27 +187,21 @@ class FeatureConv(keras.layers.Layer):
     """
 
     def __init__(self, kernel, stride: int, separable: bool, causal: bool, activation: str,
-                 state_prefix: str, kernel_initializer="he_normal", kernel_l2: float = 0.0,
-                 norm_momentum: float = 0.99, norm_epsilon: float = 1e-3, **kwargs):
+                 state_prefix: str, settings: ConvSettings = ConvSettings(), **kwargs):
         super().__init__(**kwargs)
         self.kernel_t, self.kernel_h, self.kernel_w = kernel
         self.stride = stride
         self.separable = separable
         self.causal = causal
         self.buffer_name = f"{state_prefix}_stream_buffer"
-        self.kernel_initializer = kernel_initializer
-        self.kernel_l2 = kernel_l2
+        self.settings = settings
         self.act = activation_fn(activation)
-        bn_args = dict(momentum=norm_momentum, epsilon=norm_epsilon)
-        common = dict(kernel_initializer=kernel_initializer, kernel_l2=kernel_l2,
-                      norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
         if separable:
             self.spatial = ConvNorm(0, (self.kernel_h, self.kernel_w), stride, depthwise=True,
-                                    activation=activation, name="spatial", **common)
-            self.bn_temporal = (keras.layers.BatchNormalization(name="bn_temporal", **bn_args)
-                                if self.kernel_t > 1 else None)
+                                    activation=activation, settings=settings, name="spatial")
+            self.bn_temporal = settings.batch_norm("bn_temporal") if self.kernel_t > 1 else None
         else:
-            self.bn = keras.layers.BatchNormalization(name="bn", **bn_args)
+            self.bn = settings.batch_norm("bn")
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -187,18 +209,19 @@ class FeatureConv(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        regularizer = keras.regularizers.L2(self.kernel_l2) if self.kernel_l2 else None
+        regularizer = self.settings.kernel_regularizer()
+        initializer = self.settings.kernel_initializer
         if self.separable:
             self.spatial.build(input_shape)
             if self.kernel_t > 1:
                 self.temporal_kernel = self.add_weight(
                     name="temporal_kernel", shape=(self.kernel_t, 1, channels, 1),
-                    initializer=self.kernel_initializer, regularizer=regularizer)
+                    initializer=initializer, regularizer=regularizer)
                 self.bn_temporal.build(input_shape)
         else:
             self.kernel = self.add_weight(
                 name="kernel", shape=(self.kernel_t, self.kernel_h, self.kernel_w, 1, channels),
-                initializer=self.kernel_initializer, regularizer=regularizer)
+                initializer=initializer, regularizer=regularizer)
             self.bn.build(input_shape)
 
     def temporal_taps(self, x, kernel):
@@ -302,16 +325,16 @@ class SqueezeExcitation(keras.layers.Layer):
 
     def __init__(self, channels: int, se_type: str, hidden: int, causal: bool, positional_encoding: bool,
                  activation: str, gating_activation: str, state_prefix: str,
-                 kernel_initializer="he_normal", kernel_l2: float = 0.0, **kwargs):
+                 settings: ConvSettings = ConvSettings(), **kwargs):
         super().__init__(**kwargs)
         self.se_type = se_type
         self.hidden = hidden
         self.causal = causal
         self.state_prefix = state_prefix
-        common = dict(use_bias=True, use_bn=False, kernel_initializer=kernel_initializer,
-                      kernel_l2=kernel_l2)
-        self.reduce = ConvNorm(hidden, activation=activation, name="se_reduce", **common)
-        self.expand = ConvNorm(channels, activation=gating_activation, name="se_expand", **common)
+        self.reduce = ConvNorm(hidden, use_bias=True, use_bn=False, activation=activation, settings=settings,
+                               name="se_reduce")
+        self.expand = ConvNorm(channels, use_bias=True, use_bn=False, activation=gating_activation,
+                               settings=settings, name="se_expand")
         self.pos_encoding = PositionalEncoding(state_prefix, name="pos_encoding") if positional_encoding else None
 
     def build(self, input_shape):
@@ -372,19 +395,17 @@ class Bottleneck(keras.layers.Layer):
                  options, se_hidden: int, drop_rate: float, state_prefix: str, **kwargs):
         super().__init__(**kwargs)
         self.state_prefix = state_prefix
-        common = dict(kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
-                      norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
-        self.expansion = ConvNorm(expand, activation=options.activation, name="expansion", **common)
+        settings = ConvSettings.from_options(options)
+        self.expansion = ConvNorm(expand, activation=options.activation, settings=settings, name="expansion")
         self.feature = FeatureConv(kernel, stride, options.separable, options.causal, options.activation,
-                                   state_prefix, name="feature", **common)
+                                   state_prefix, settings=settings, name="feature")
         self.se = (SqueezeExcitation(expand, options.se_type, se_hidden, options.causal, options.positional_encoding,
-                                     options.activation, options.gating_activation, state_prefix, name="se",
-                                     kernel_initializer=options.kernel_initializer,
-                                     kernel_l2=options.kernel_l2)
+                                     options.activation, options.gating_activation, state_prefix,
+                                     settings=settings, name="se")
                    if options.se_type != "none" else None)
-        self.projection = ConvNorm(out_filters, name="projection", **common)
+        self.projection = ConvNorm(out_filters, settings=settings, name="projection")
         self.downsample = stride > 1
-        self.skip = (ConvNorm(out_filters, name="skip_project", **common)
+        self.skip = (ConvNorm(out_filters, settings=settings, name="skip_project")
                      if in_filters != out_filters or self.downsample else None)
         self.stochastic_depth = StochasticDepth(drop_rate, name="stochastic_depth") if drop_rate > 0 else None
         self.in_filters, self.expand_filters = in_filters, expand
@@ -429,9 +450,8 @@ class Head(keras.layers.Layer):
         super().__init__(**kwargs)
         self.causal = options.causal
         self.pooling = options.average_pooling_type
-        self.project = ConvNorm(project_filters, activation=options.activation, name="project",
-                                kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
-                                norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
+        self.project = ConvNorm(project_filters, activation=options.activation,
+                                settings=ConvSettings.from_options(options), name="project")
 
     def build(self, input_shape):
         self.project.build(input_shape)
@@ -452,13 +472,16 @@ class Classifier(keras.layers.Layer):
     """1x1x1 conv + bias + activation -> dropout -> 1x1x1 conv + bias -> logits [B, classes]."""
 
     def __init__(self, head_filters: int, num_classes: int, activation: str, dropout_rate: float,
-                 kernel_initializer="he_normal", kernel_l2: float = 0.0, **kwargs):
+                 settings: ConvSettings = ConvSettings(), **kwargs):
         super().__init__(**kwargs)
-        self.head = ConvNorm(head_filters, use_bias=True, use_bn=False, activation=activation, name="head",
-                             kernel_initializer=kernel_initializer, kernel_l2=kernel_l2)
+        self.head = ConvNorm(head_filters, use_bias=True, use_bn=False, activation=activation, settings=settings,
+                             name="head")
         self.dropout = keras.layers.Dropout(dropout_rate, name="dropout") if dropout_rate > 0 else None
-        self.classifier = ConvNorm(num_classes, use_bias=True, use_bn=False, name="classifier",
-                                   kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        # The official classifier conv: N(0, 0.01) initialised, never regularized.
+        classifier_settings = settings.replace(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                               kernel_l2=0.0)
+        self.classifier = ConvNorm(num_classes, use_bias=True, use_bn=False, settings=classifier_settings,
+                                   name="classifier")
         self.head_filters = head_filters
 
     def build(self, input_shape):

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from movinet.cost import se_hidden, state_shapes
-from movinet.layers import Bottleneck, Classifier, ConvNorm, Head
+from movinet.layers import Bottleneck, Classifier, ConvNorm, ConvSettings, Head
 from movinet.options import ModelOptions, resolve_options
 from movinet.spec import ModelSpec, load_spec, spec_from_dict
 
@@ -35,10 +35,9 @@ class MovinetClassifier(keras.Model):
         self.spec = spec if isinstance(spec, ModelSpec) else spec_from_dict(spec, "<config>")
         self.options = options if isinstance(options, ModelOptions) else ModelOptions(**options)
         spec, options = self.spec, self.options
-        common = dict(kernel_initializer=options.kernel_initializer, kernel_l2=options.kernel_l2,
-                      norm_momentum=options.norm_momentum, norm_epsilon=options.norm_epsilon)
+        settings = ConvSettings.from_options(options)
         self.stem = ConvNorm(spec.stem.filters, spec.stem.kernel[1:], spec.stem.stride[1],
-                             activation=options.activation, name="stem", **common)
+                             activation=options.activation, settings=settings, name="stem")
         self.blocks = []
         for index, (b, l, cin, cout, layer) in enumerate(spec.iter_layers(), start=1):
             drop_rate = options.stochastic_depth_drop_rate * index / spec.num_layers
@@ -48,8 +47,7 @@ class MovinetClassifier(keras.Model):
                 name=f"block{b}_layer{l}"))
         self.head = Head(spec.head.project_filters, options, name="head")
         self.classifier = Classifier(spec.head.head_filters, options.num_classes, options.classifier_activation,
-                                     options.dropout_rate, kernel_initializer=options.kernel_initializer,
-                                     kernel_l2=options.kernel_l2, name="classifier_head")
+                                     options.dropout_rate, settings=settings, name="classifier_head")
 
     def build(self, input_shape=None):
         if isinstance(input_shape, dict):

@@ -34,6 +34,7 @@ class ModelOptions:
     stochastic_depth_drop_rate: float = 0.0
     norm_momentum: float = 0.99
     norm_epsilon: float = 1e-3
+    use_sync_bn: bool = False
     kernel_initializer: str = "he_normal"
     kernel_l2: float = 0.0
     bias_l2: float = 0.0

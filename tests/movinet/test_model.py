@@ -161,3 +161,15 @@ def test_training_step_updates_a_stream_model():
     model.fit(clips, np.array([0, 1, 2, 0]), epochs=1, batch_size=2, verbose=0)
     changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert changed > len(before) // 2
+
+
+def test_regularizers_follow_the_official_placement():
+    """L2 on every conv kernel but the classifier's; bias L2 only when asked."""
+    plain = movinet.build_model("t0", "base", num_classes=3)
+    assert not plain.losses
+    model = movinet.build_model("t0", "base", num_classes=3, kernel_l2=1e-4)
+    kernels = [w for w in model.trainable_weights if "kernel" in w.path]
+    assert len(model.losses) == len(kernels) - 1
+    with_bias = movinet.build_model("t0", "base", num_classes=3, kernel_l2=1e-4, bias_l2=1e-4)
+    biases = [w for w in with_bias.trainable_weights if w.path.endswith("bias")]
+    assert len(with_bias.losses) == len(kernels) - 1 + len(biases)
