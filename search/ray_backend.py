@@ -35,20 +35,24 @@ class ClusterError(RuntimeError):
     """No Ray cluster answers at the given address."""
 
 
+def runtime_env() -> dict:
+    """What Ray workers need: this checkout of the code on their path, and a quiet TensorFlow."""
+    package_root = str(Path(search_package.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return {"env_vars": {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}}
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray."""
     if ray.is_initialized():
         return False
-    package_root = str(Path(search_package.__file__).resolve().parent.parent)
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-        p for p in (package_root, os.environ.get("PYTHONPATH")) if p), "TF_CPP_MIN_LOG_LEVEL": "2"}}
     if address is None:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env, logging_level="ERROR")
+                 runtime_env=runtime_env(), logging_level="ERROR")
         return True
     _check_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env(), logging_level="ERROR")
     except Exception as err:   # Ray raises ConnectionError, RuntimeError or its own types here
         raise ClusterError(f"cannot join the Ray cluster at {address}: {err}") from None
     return True
@@ -190,7 +194,7 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
                 metric=metric, mode="max", search_alg=CandidateSearcher(sampler, remaining, metric),
                 scheduler=scheduler, num_samples=remaining,
                 max_concurrent_trials=settings.max_concurrent or _fitting_trials(settings),
-                trial_dirname_creator=lambda trial: trial.trial_id),
+                reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
                 name=f"run-{segment}", storage_path=str(runs.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),

@@ -69,7 +69,9 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     space = with_overrides(load_space(space), num_trials=num_trials, algorithm=algorithm,
                            scheduler=scheduler, cpus=cpus, gpus=gpus)
     if trial_fn is None:
-        from search.training import train_and_score as trial_fn
+        from search.training import check_training_sections, train_and_score as trial_fn
+
+        space = check_training_sections(space)
     folder = Path(output_dir) / space.name
     ledger = Ledger(folder)
     rows = ledger.rows()

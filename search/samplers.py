@@ -8,6 +8,7 @@ anything is built; a candidate already trained is never proposed again.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -89,11 +90,24 @@ class GridSampler(Sampler):
         if space.size() > self.MAX_POINTS:
             raise SpaceError(f"{space.source}: search.algorithm: grid search needs a small space; this one "
                              f"has {space.size():,} points (at most {self.MAX_POINTS:,}): use random or tpe")
+        self._taken = 0
         self._points: Iterator[dict] = space.points()
 
     def _propose(self):
         point = next(self._points, None)
-        return None if point is None else (point, None)
+        if point is None:
+            return None
+        self._taken += 1
+        return point, None
+
+    def __getstate__(self):      # Ray Tune pickles its searcher; a generator cannot be pickled
+        state = dict(self.__dict__)
+        del state["_points"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._points = itertools.islice(self.space.points(), self._taken, None)
 
 
 class OptunaSampler(Sampler):

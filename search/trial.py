@@ -30,7 +30,7 @@ def run_trial(trial_fn: TrialFn, candidate: Candidate, space: SearchSpace, repor
     def complete(metrics: Mapping) -> dict:
         if "top1" not in metrics:
             raise ValueError(f"the trial function reported {sorted(metrics)}: top1 is required")
-        row = {"macs": cost.macs, "params": cost.params, **metrics}
+        row = {**metrics, "macs": cost.macs, "params": cost.params}
         row["reward"] = space.objective.reward(float(row["top1"]), row["macs"])
         row["seconds"] = time.monotonic() - started
         return row

@@ -1,0 +1,71 @@
+"""The default trial: build the candidate in stream mode, time it per frame, train it, score it.
+
+Training is ``movinet.train.train_candidate`` on ``movinet.data`` (the space's ``data`` section is a
+``DataConfig`` whose clip fields come from the candidate, its ``budget`` section ``TrainConfig``
+fields); this module only adapts the search's trial contract (``search.trial``) to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from search.candidate import MODE, Candidate
+from search.space import SearchSpace, SpaceError
+from search.trial import Report, hold_threads, stream_latency_ms
+
+# DataConfig fields a candidate sets: its clip is part of what is searched.
+CLIP_FIELDS = ("frames", "resolution", "stride")
+REPORTED = ("epoch", "top1", "top5", "loss", "train_loss", "train_top1")
+
+
+def data_config(space: SearchSpace, candidate: Candidate):
+    from movinet.data import DataConfig
+
+    return DataConfig(**{**space.data, "frames": candidate.frames, "resolution": candidate.resolution,
+                         "stride": candidate.frame_stride})
+
+
+def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) -> dict:
+    """The trial contract with the real trainer (see ``search.trial``)."""
+    hold_threads(space.settings.cpus)
+    from movinet.model import build_model
+    from movinet.train import train_candidate
+
+    model = build_model(candidate.spec, MODE, num_classes=space.num_classes, **candidate.options)
+    latency_ms = stream_latency_ms(model, candidate.resolution)
+    del model
+
+    def on_epoch(metrics: Mapping) -> None:
+        report({**{k: metrics[k] for k in REPORTED if k in metrics}, "latency_ms": latency_ms})
+
+    result = train_candidate(candidate.spec, MODE, data_config(space, candidate), space.budget,
+                             model_options=candidate.options, report=on_epoch)
+    return {**{k: result[k] for k in REPORTED if k in result}, "latency_ms": latency_ms}
+
+
+def check_training_sections(space: SearchSpace) -> SearchSpace:
+    """Checks ``data`` and ``budget`` against the trainer's settings and fills in the number of
+    classes (the classifier's width, which the cost filter counts) from the data itself."""
+    from movinet.data import DataConfig, DataError, make_datasets
+    from movinet.train import TrainConfig, TrainError
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    for key in space.data:
+        if key in CLIP_FIELDS:
+            raise SpaceError(f"{space.source}: data.{key}: the clip is searched: set it under space.input")
+        if key not in fields:
+            raise SpaceError(f"{space.source}: data.{key}: unknown; expected DataConfig fields "
+                             f"{sorted(fields - set(CLIP_FIELDS))}")
+    try:
+        TrainConfig.from_dict(dict(space.budget))
+    except (TrainError, TypeError) as err:
+        raise SpaceError(f"{space.source}: budget: {err}") from None
+    if space.num_classes is not None:
+        return space
+    clip = {"frames": space.frames[0], "resolution": space.resolution[0], "stride": space.frame_stride[0]}
+    try:
+        _, _, info = make_datasets(DataConfig(**{**space.data, **clip}))
+    except (DataError, TypeError) as err:
+        raise SpaceError(f"{space.source}: data: {err}") from None
+    return dataclasses.replace(space, data={**space.data, "num_classes": info.num_classes})

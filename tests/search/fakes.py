@@ -1,0 +1,36 @@
+"""Stand-in trial functions: the trial contract without training, fast and deterministic.
+
+They read their knobs from the space's ``data`` section, which the search passes through:
+``epoch_seconds`` (sleep per epoch), ``crash_resolution`` (raise for candidates of that input
+size), ``marker_dir`` (append 'start'/'end' lines per trial, to count executions).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+
+def quick_trial(candidate, space, report):
+    marker = space.data.get("marker_dir")
+    _mark(marker, "start", candidate.key)
+    quality = 0.3 + 0.6 * random.Random(candidate.key).random()
+    epochs = space.budget["epochs"]
+    metrics = {}
+    for epoch in range(1, epochs + 1):
+        time.sleep(space.data.get("epoch_seconds", 0.0))
+        metrics = {"epoch": epoch, "top1": quality * epoch / epochs, "top5": 1.0, "loss": 1.0 - quality,
+                   "latency_ms": 0.5}
+        report(metrics)
+    if candidate.resolution == space.data.get("crash_resolution"):
+        raise RuntimeError(f"injected crash in {candidate.key}")
+    _mark(marker, "end", candidate.key)
+    return metrics
+
+
+def _mark(folder, event: str, key: str) -> None:
+    if folder:
+        with open(Path(folder) / f"{event}-{key}-{os.getpid()}-{time.monotonic_ns()}", "w"):
+            pass

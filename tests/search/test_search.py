@@ -1,0 +1,174 @@
+"""Searches end to end with stand-in trials: one contract for every algorithm and backend, a
+two-node Ray cluster, crashing candidates, ASHA, and a search killed midway then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import fakes
+from movinet.spec import load_spec
+from search import SearchError, decode, load_space, run_search
+from search.candidate import candidate_macs
+from search.ray_backend import ClusterError, _check_reachable
+from search.results import FAILED, OK, STOPPED, Ledger
+
+HERE = Path(__file__).resolve().parent
+TINY = HERE / "tiny.yaml"
+ALGORITHMS = ("random", "grid", "tpe", "multi_objective")
+
+pytestmark = pytest.mark.slow
+
+
+def space_file(tmp_path: Path, **changes) -> Path:
+    """tiny.yaml with sections changed, e.g. data={...}, search={...} (merged into the file's)."""
+    data = yaml.safe_load(TINY.read_text())
+    for section, values in changes.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def check_rows_are_in_space(space, rows):
+    low, high = space.objective.bounds
+    choices = {param.name: param.choices for param in space.params()}
+    for row in rows:
+        point = json.loads(row["point"])
+        assert all(point[name] in choices[name] for name in point), point
+        candidate = decode(space, point)
+        assert candidate.key == row["key"]
+        assert row["macs"] == candidate_macs(space, candidate)
+        assert low <= row["macs"] <= high, "a candidate outside the cost window was trained"
+
+
+@pytest.mark.parametrize("backend, algorithm", [("ray", a) for a in ALGORITHMS]
+                         + [("kerastuner", a) for a in ALGORITHMS])
+def test_every_algorithm_and_backend_keeps_the_contract(backend, algorithm, tmp_path, request):
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    space = load_space(TINY)
+    result = run_search(TINY, backend=backend, algorithm=algorithm, num_trials=5, output_dir=tmp_path,
+                        trial_fn=fakes.quick_trial, echo=quiet)
+    rows = result.rows
+    assert len(rows) == 5 and len({row["key"] for row in rows}) == 5
+    assert all(row["status"] == OK and row["error"] is None for row in rows)
+    check_rows_are_in_space(space, rows)
+    for row in rows:
+        assert row["reward"] == pytest.approx(row["top1"] - 0.5 * abs(row["macs"] / 1.2e6 - 1))
+        assert row["hostname"] and row["pid"]
+    table = pd.read_parquet(result.folder / "trials.parquet")
+    assert len(table) == len(pd.read_csv(result.folder / "trials.csv")) == 5
+    assert set(table.columns) >= {"top1", "top5", "macs", "params", "latency_ms", "reward", "status", "error",
+                                  "spec"}
+    assert (result.folder / "pareto.png").stat().st_size > 0
+    front = pd.read_csv(result.folder / "pareto.csv")
+    assert 1 <= len(front) <= 5 and front["macs"].is_monotonic_increasing
+    best = max(rows, key=lambda row: row["reward"])
+    assert load_spec(result.best).blocks == decode(space, json.loads(best["point"])).spec.blocks
+    assert json.loads((result.folder / "state.json").read_text())["rejected"] == result.rejected
+
+
+def test_trials_are_placed_on_both_nodes(ray_cluster, tmp_path):
+    path = space_file(tmp_path, data={"epoch_seconds": 1.0})
+    result = run_search(path, num_trials=4, output_dir=tmp_path / "out", trial_fn=fakes.quick_trial,
+                        echo=quiet)
+    assert [row["status"] for row in result.rows] == [OK] * 4
+    assert len({row["node_id"] for row in result.rows}) == 2
+    assert len({(row["hostname"], row["pid"]) for row in result.rows}) >= 2
+
+
+@pytest.mark.parametrize("backend", ["ray", "kerastuner"])
+def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(backend, tmp_path, request):
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    path = space_file(tmp_path, data={"crash_resolution": 40})
+    result = run_search(path, backend=backend, num_trials=6, output_dir=tmp_path / "out",
+                        trial_fn=fakes.quick_trial, echo=quiet)
+    failed = [row for row in result.rows if row["status"] == FAILED]
+    assert len(result.rows) == 6 and failed and len(failed) < 6
+    for row in result.rows:
+        if row["resolution"] == 40:
+            assert row["status"] == FAILED and row["error"] == f"RuntimeError: injected crash in {row['key']}"
+        else:
+            assert row["status"] == OK and row["error"] is None
+    assert load_spec(result.best).name.startswith("tiny-")
+    table = pd.read_csv(result.folder / "trials.csv")
+    assert table["error"].notna().sum() == len(failed)
+
+
+def test_asha_stops_weak_trials_after_an_epoch(ray_cluster, tmp_path):
+    path = space_file(tmp_path, budget={"epochs": 4}, data={"epoch_seconds": 0.3},
+                      search={"scheduler": "asha"})
+    result = run_search(path, num_trials=8, output_dir=tmp_path / "out", trial_fn=fakes.quick_trial,
+                        echo=quiet)
+    assert len(result.rows) == 8
+    stopped = [row for row in result.rows if row["status"] == STOPPED]
+    assert stopped and all(row["epoch"] < 4 for row in stopped)
+    assert all(row["epoch"] == 4 for row in result.rows if row["status"] == OK)
+
+
+def test_unreachable_cluster_fails_fast():
+    began = time.monotonic()
+    with pytest.raises(ClusterError, match="no Ray cluster answers at 127.0.0.1:9"):
+        _check_reachable("127.0.0.1:9")
+    with pytest.raises(ClusterError, match="expected host:port"):
+        _check_reachable("nowhere")
+    assert time.monotonic() - began < 10
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    import fakes
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(fakes)
+    from search import run_search
+    run_search({space!r}, output_dir={out!r}, address={address!r}, trial_fn=fakes.quick_trial)
+""")
+
+
+def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray_cluster, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    path = space_file(tmp_path, data={"epoch_seconds": 1.0, "marker_dir": str(markers)},
+                      search={"num_trials": 6})
+    out = tmp_path / "out"
+    script = DRIVER.format(here=str(HERE), space=str(path), out=str(out), address=ray_cluster)
+    driver = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = Ledger(out / "tiny")
+    deadline = time.monotonic() + 180
+    while len(ledger.rows()) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = ledger.rows()
+    assert 2 <= len(before) < 6, "the search was not stopped midway"
+
+    with pytest.raises(SearchError, match="pass --resume"):
+        run_search(path, output_dir=out, trial_fn=fakes.quick_trial, echo=quiet)
+    result = run_search(path, output_dir=out, resume=True, trial_fn=fakes.quick_trial, echo=quiet)
+    after = result.rows
+    assert len(after) == 6 and len({row["key"] for row in after}) == 6
+    assert after[:len(before)] == before                       # nothing finished was lost
+    starts = [name.split("-")[1] for name in os.listdir(markers) if name.startswith("start-")]
+    for row in before:                                        # ... nor run again
+        assert starts.count(row["key"]) == 1, row["key"]
+    ends = {name.split("-")[1] for name in os.listdir(markers) if name.startswith("end-")}
+    assert ends == {row["key"] for row in after}
+    check_rows_are_in_space(load_space(path), after)
