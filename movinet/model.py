@@ -97,8 +97,12 @@ class MovinetClassifier(keras.Model):
         return state_shapes(self.spec, self.options, batch, height, width)
 
     def init_states(self, video_shape) -> dict[str, tf.Tensor]:
-        """Zero states, the start of a video of shape [B, T, H, W, 3] (T is not used)."""
-        return {name: tf.zeros(shape, dtype) for name, (shape, dtype) in self.state_shapes(video_shape).items()}
+        """Zero states, the start of a video of shape [B, T, H, W, 3] (T is not used).
+
+        Buffers take the model's compute dtype (float16 under mixed precision), counters int32.
+        """
+        return {name: tf.zeros(shape, self.compute_dtype if dtype == "float32" else dtype)
+                for name, (shape, dtype) in self.state_shapes(video_shape).items()}
 
     def check_states(self, states: Mapping, image_shape) -> None:
         if not self.options.causal:
