@@ -50,24 +50,25 @@ class SpaceTuner(BaseTuner):
 
     def run_trial(self, trial, *args, **kwargs):
         candidate = Candidate.from_dict(json.loads(trial.hyperparameters.values["candidate"]))
+        number = f"kt{self.done + 1:04d}"     # KerasTuner's own ids restart in every run of a resumed search
         location = trial_location()
         last: dict = {}
 
         def report(row):
             last.update(row)
-            self.echo(f"trial {trial.trial_id} epoch {row.get('epoch')}: top1={row['top1']:.3f} "
+            self.echo(f"trial {number} epoch {row.get('epoch')}: top1={row['top1']:.3f} "
                       f"reward={row['reward']:.3f}")
 
-        self.echo(f"trial {trial.trial_id} {candidate.key} started: {candidate.frames}x"
+        self.echo(f"trial {number} {candidate.key} started: {candidate.frames}x"
                   f"{candidate.resolution} clip, stride {candidate.frame_stride}")
         try:
             final = run_trial(self.trial_fn, candidate, self.space, report)
         except Exception as err:
-            self._record(trial_row(trial.trial_id, candidate, last or None, status=FAILED,
+            self._record(trial_row(number, candidate, last or None, status=FAILED,
                                    error=f"{type(err).__name__}: {err}", backend=BACKEND, location=location))
             self.oracle.sampler.observe(candidate, None)
             raise keras_tuner.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
-        self._record(trial_row(trial.trial_id, candidate, final, status=OK, backend=BACKEND,
+        self._record(trial_row(number, candidate, final, status=OK, backend=BACKEND,
                                location=location))
         self.oracle.sampler.observe(candidate, final)
         return {name: float(value) for name, value in final.items()

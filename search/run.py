@@ -66,6 +66,8 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     """
     if backend not in BACKENDS:
         raise SearchError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise SearchError(f"--address joins a Ray cluster: it needs --backend ray, not {backend}")
     space = with_overrides(load_space(space), num_trials=num_trials, algorithm=algorithm,
                            scheduler=scheduler, cpus=cpus, gpus=gpus)
     if trial_fn is None:

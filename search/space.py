@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -182,7 +183,7 @@ class SearchSpace:
         """The number of distinct points (a grid search visits each)."""
         total = 1
         for param in self.params():
-            if not param.name.startswith("b"):
+            if not re.match(r"b\d+\.", param.name):        # block parameters are counted below
                 total *= len(param.choices)
         for block in self.blocks:
             layer_counts = [len(layer.expand_choices) * len(layer.kernel) for layer in block.layers]

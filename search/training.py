@@ -29,8 +29,12 @@ def data_config(space: SearchSpace, candidate: Candidate):
 def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) -> dict:
     """The trial contract with the real trainer (see ``search.trial``)."""
     hold_threads(space.settings.cpus)
+    import keras
+
     from movinet.model import build_model
     from movinet.train import train_candidate
+
+    keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
 
     model = build_model(candidate.spec, MODE, num_classes=space.num_classes, **candidate.options)
     latency_ms = stream_latency_ms(model, candidate.resolution)

@@ -172,3 +172,15 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
     ends = {name.split("-")[1] for name in os.listdir(markers) if name.startswith("end-")}
     assert ends == {row["key"] for row in after}
     check_rows_are_in_space(load_space(path), after)
+
+
+def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path):
+    path = space_file(tmp_path, data={"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4},
+                      budget={"epochs": 1, "verbose": 0})
+    result = run_search(path, backend="kerastuner", num_trials=1, output_dir=tmp_path / "out", echo=quiet)
+    (row,) = result.rows
+    assert row["status"] == OK, row["error"]
+    assert 0.0 <= row["top1"] <= row["top5"] <= 1.0 and row["epoch"] == 1
+    assert row["latency_ms"] > 0 and row["loss"] > 0
+    candidate = decode(load_space(path), json.loads(row["point"]))
+    assert row["params"] == candidate.cost(4).params

@@ -157,3 +157,24 @@ def test_space_without_a_member_in_the_window_fails_before_running():
     with pytest.raises(SpaceError, match=r"tiny.yaml: objective: no candidate meets the cost window.*"
                                          r"cost 604,416 to 3,032,576"):
         check_feasible(space_from_dict(data, str(TINY)))
+
+
+@pytest.mark.parametrize("section, value, expected", [
+    ("data", {"frames": 8}, "data.frames: the clip is searched: set it under space.input"),
+    ("data", {"colour": "red"}, "data.colour: unknown; expected DataConfig fields"),
+    ("budget", {"epochs": 1, "optimiser": "sgd"}, "budget: unknown training setting(s) ['optimiser']"),
+])
+def test_training_sections_are_checked_against_the_trainer(section, value, expected):
+    from search.training import check_training_sections
+
+    data = _set(tiny_dict(), section, value)
+    with pytest.raises(SpaceError) as caught:
+        check_training_sections(space_from_dict(data, "spaces/broken.yaml"))
+    assert str(caught.value).startswith(f"spaces/broken.yaml: {expected}"), str(caught.value)
+
+
+def test_the_number_of_classes_comes_from_the_data_when_not_given():
+    from search.training import check_training_sections
+
+    data = _set(tiny_dict(), "data", {"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4})
+    assert check_training_sections(space_from_dict(data)).num_classes == 4
