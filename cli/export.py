@@ -1,0 +1,84 @@
+"""``movinet export`` (SavedModel / TF Lite) and ``movinet predict`` (top-k per frame of a video)."""
+
+from __future__ import annotations
+
+import json
+
+MODEL_HELP = ("a published name (a0..a5, t0) or spec YAML (with --checkpoint), or a directory written by "
+              "movinet.checkpoints.save")
+
+
+def register(subparsers) -> None:
+    export = subparsers.add_parser("export", help="write a model as a SavedModel or a TF Lite file")
+    export.add_argument("model", help=MODEL_HELP)
+    export.add_argument("--mode", choices=("base", "stream"), default="stream")
+    export.add_argument("--checkpoint", help="official checkpoint: directory, prefix or .tar.gz")
+    export.add_argument("--num-classes", type=int, default=600)
+    export.add_argument("--format", choices=("saved_model", "tflite"), default="tflite")
+    export.add_argument("--quantize", choices=("float16", "int8"), help="TF Lite post-training quantization")
+    export.add_argument("--calibration", nargs="+", metavar="VIDEO",
+                        help="videos to calibrate int8 on, streamed frame by frame")
+    export.add_argument("--check", nargs="+", metavar="VIDEO",
+                        help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model")
+    export.add_argument("--resolution", type=int,
+                        help="square input size (TF Lite default: the published one; SavedModel: dynamic)")
+    export.add_argument("--frames", type=int, help="clip length of a base model (TF Lite default: published)")
+    export.add_argument("--batch", type=int, default=1, help="SavedModel batch size (0: dynamic)")
+    export.add_argument("--fps", type=float, help="frame rate to decode calibration videos at")
+    export.add_argument("--out", required=True, help="SavedModel directory or .tflite file")
+    export.set_defaults(run=run_export)
+
+    predict = subparsers.add_parser("predict", help="top-k classes of a video file, frame by frame")
+    predict.add_argument("video", help="a video file (mp4, avi, webm, mkv, ...)")
+    predict.add_argument("--model", required=True, help=MODEL_HELP + ", or a .tflite file")
+    predict.add_argument("--checkpoint", help="official checkpoint for a named model")
+    predict.add_argument("--mode", choices=("base", "stream"), default="stream")
+    predict.add_argument("--num-classes", type=int, default=600)
+    predict.add_argument("--labels", help="class names, one per line")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--fps", type=float, help="model frame rate (default: the published one)")
+    predict.add_argument("--resolution", type=int, help="square input size (default: the published one)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.set_defaults(run=run_predict)
+
+
+def run_export(args) -> int:
+    from movinet import export, predict
+
+    model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
+                               num_classes=args.num_classes)
+    if args.format == "saved_model":
+        if args.quantize or args.calibration or args.check:
+            raise ValueError("--quantize, --calibration and --check apply to --format tflite only")
+        path = export.export_saved_model(model, args.out, frames=args.frames, resolution=args.resolution,
+                                         batch=args.batch or None)
+        print(f"wrote {path}")
+    else:
+        resolution, fps = predict.model_input(model, args.resolution, args.fps)
+        if (args.quantize == "int8") != bool(args.calibration):
+            raise ValueError("--quantize int8 needs --calibration VIDEO ... (videos like those the model will "
+                             "see), and --calibration is for int8 only")
+        calibration = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.calibration or ()]
+        path = export.export_tflite(model, args.out, resolution=resolution, quantization=args.quantize,
+                                    calibration=calibration or None, frames=args.frames)
+        print(f"wrote {path}")
+        if args.check:
+            clips = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.check]
+            result = export.top1_agreement(model, export.TFLiteStreamRunner(path), clips)
+            print(f"TF Lite ({args.quantize or 'float32'}) vs Keras float32 on {result['clips']} videos: top-1 "
+                  f"agreement {result['agreement']:.3f}, max |logit diff| {result['max_abs_diff']:.4f}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from movinet import predict
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k {args.top_k}: expected a positive number")
+    model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
+                               num_classes=args.num_classes)
+    labels = predict.read_labels(args.labels, predict.num_classes(model)) if args.labels else None
+    for prediction in predict.predict_video(args.video, model, resolution=args.resolution, fps=args.fps,
+                                            k=args.top_k, labels=labels):
+        print(json.dumps(prediction.to_dict()) if args.json else prediction.format(), flush=True)
+    return 0

@@ -1,0 +1,223 @@
+"""SavedModel and TF Lite export: numerics against the Keras model, by name, frame by frame."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import movinet
+from movinet import export
+from movinet.data.synthetic import synthetic_motion
+from movinet.spec import spec_from_dict
+from tests.helpers import randomize_weights
+
+REPO = Path(__file__).resolve().parents[2]
+RESOLUTION = 64
+NUM_CLASSES = 5
+
+# Two blocks, a 3- and a 5-frame temporal kernel, a stride-1 layer: every state kind, converted in seconds.
+TINY_SPEC = spec_from_dict({
+    "name": "tiny", "stem": {"filters": 8},
+    "blocks": [{"filters": 16, "layers": [{"expand": 32, "kernel": [3, 3, 3], "stride": [1, 2, 2]},
+                                          {"expand": 32, "kernel": [1, 3, 3]}]},
+               {"filters": 24, "layers": [{"expand": 48, "kernel": [5, 3, 3], "stride": [1, 2, 2]}]}],
+    "head": {"project_filters": 48, "head_filters": 64},
+    "input": {"frames": 8, "resolution": RESOLUTION, "fps": 5}})
+
+
+def clips(count, split="test", frames=8):
+    return synthetic_motion(count, frames, RESOLUTION, NUM_CLASSES, split=split)[0]
+
+
+def unit_logits(model, videos):
+    """Scales the last layer so that logits have unit spread, the size a trained classifier gives.
+
+    Tolerances on logits then mean the same as for a trained model (the random classifier's
+    logits are about 0.1).
+    """
+    layer = model.classifier.classifier
+    scale = 1.0 / model(videos).numpy().std()
+    layer.kernel.assign(layer.kernel.numpy() * scale)
+    layer.bias.assign(layer.bias.numpy() * scale)
+    return model
+
+
+def clip_dependent_logits(model, videos):
+    """Rescales the last layer so that each logit varies by about 1 between ``videos``.
+
+    A random network's logits barely depend on the clip, so every clip would get the same
+    top-1 class and a top-1 agreement would say nothing; after this the top-1 class follows
+    the clip. The classifier kernel becomes large, so rounding errors grow with it.
+    """
+    layer = model.classifier.classifier
+    logits = model(videos).numpy() - layer.bias.numpy()
+    scale = 1.0 / np.maximum(logits.std(axis=0), 1e-6)
+    layer.kernel.assign(layer.kernel.numpy() * scale)
+    layer.bias.assign(-logits.mean(axis=0) * scale)
+    return model
+
+
+def random_model(spec, mode="stream", scaling=unit_logits):
+    model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES))
+    return scaling(model, clips(6, split="train"))
+
+
+def keras_frame_logits(model, clip):
+    runner = export.KerasStreamRunner(model, clip.shape[1:3])
+    return np.stack([runner.step(frame) for frame in clip])
+
+
+def runner_frame_logits(runner, clip):
+    runner.init_states()
+    return np.stack([runner.step(frame) for frame in clip])
+
+
+def test_state_specs_leave_dynamic_sizes_open():
+    model = movinet.build_model(TINY_SPEC, "stream", num_classes=NUM_CLASSES)
+    fixed = export.state_specs(model, 1, 64, 48)
+    assert fixed["state_block1_layer0_stream_buffer"].shape == (1, 4, 8, 6, 48)
+    dynamic = export.state_specs(model, None, None, None)
+    assert dynamic["state_block1_layer0_stream_buffer"].shape.as_list() == [None, 4, None, None, 48]
+    assert dynamic["state_head_pool_buffer"].shape.as_list() == [None, 1, 1, 1, 48]
+    assert dynamic["state_head_pool_frame_count"].shape.as_list() == [1]
+    assert set(fixed) == set(model.state_shapes((1, 1, 64, 48, 3)))
+
+
+def test_export_tflite_rejects_bad_settings(tmp_path):
+    model = movinet.build_model(TINY_SPEC, "stream", num_classes=NUM_CLASSES)
+    with pytest.raises(export.ExportError, match="quantization='int4'"):
+        export.export_tflite(model, tmp_path / "m.tflite", resolution=64, quantization="int4")
+    with pytest.raises(export.ExportError, match="calibration"):
+        export.export_tflite(model, tmp_path / "m.tflite", resolution=64, quantization="int8")
+    with pytest.raises(export.ExportError, match="fixed resolution"):
+        export.export_tflite(model, tmp_path / "m.tflite", resolution=None)
+
+
+def test_an_op_outside_the_builtins_fails_the_conversion():
+    pool = tf.function(lambda x: {"y": tf.nn.avg_pool3d(x, 2, 2, "VALID")})
+    function = pool.get_concrete_function(tf.TensorSpec([1, 4, 8, 8, 3], tf.float32, name="x"))
+    with pytest.raises(export.ExportError, match="TF Select ops: AvgPool3D"):
+        export.convert(function, tf.Module())
+
+
+def test_tflite_runner_rejects_a_file_that_is_not_tflite(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        export.TFLiteStreamRunner(tmp_path / "missing.tflite")
+    (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 10)
+    with pytest.raises(export.ExportError, match="junk.tflite"):
+        export.TFLiteStreamRunner(tmp_path / "junk.tflite")
+
+
+@pytest.mark.slow
+def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
+    model = random_model("a0")
+    path = export.export_tflite(model, tmp_path / "a0.tflite", resolution=RESOLUTION)
+    runner = export.TFLiteStreamRunner(path)
+    assert runner.streaming and runner.image_shape == (1, 1, RESOLUTION, RESOLUTION, 3)
+    assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
+    gaps = []
+    for clip in clips(2):
+        expected = keras_frame_logits(model, clip)
+        gaps.append(np.abs(runner_frame_logits(runner, clip) - expected).max())
+        np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
+    print(f"\na0 stream TF Lite float32 vs Keras, per frame: max |diff| {max(gaps):.2e}")
+    assert max(gaps) < 1e-4
+
+
+@pytest.mark.slow
+def test_tflite_float16_matches_keras_frame_by_frame(tmp_path):
+    model = random_model(TINY_SPEC)
+    path = export.export_tflite(model, tmp_path / "f16.tflite", resolution=RESOLUTION, quantization="float16")
+    runner = export.TFLiteStreamRunner(path)
+    gap = max(np.abs(runner_frame_logits(runner, clip) - keras_frame_logits(model, clip)).max() for clip in clips(2))
+    print(f"\nfloat16 TF Lite vs Keras float32, per frame: max |diff| {gap:.2e}")
+    assert gap < 1e-2
+
+
+@pytest.mark.slow
+def test_tflite_int8_top1_agreement_with_float32(tmp_path):
+    model = random_model(TINY_SPEC, scaling=clip_dependent_logits)
+    path = export.export_tflite(model, tmp_path / "int8.tflite", resolution=RESOLUTION, quantization="int8",
+                                calibration=clips(8, "train"))
+    runner = export.TFLiteStreamRunner(path)
+    assert runner.num_classes == NUM_CLASSES
+    test_clips = clips(16)
+    result = export.top1_agreement(model, runner, test_clips)
+    classes = {int(np.argmax(export.clip_logits(model, clip))) for clip in test_clips}
+    print(f"\nint8 TF Lite vs Keras float32 on {result['clips']} synthetic clips ({len(classes)} distinct "
+          f"float top-1 classes): top-1 agreement {result['agreement']:.2f}, max |logit diff| "
+          f"{result['max_abs_diff']:.3f} (logits vary by ~1 between clips)")
+    assert export.top1_agreement(model, model, test_clips[:2])["agreement"] == 1.0
+    # A random network's clip-dependent activations are small beside their common part, and int8
+    # resolves them coarsely, so some decisions flip; a broken export (saturated states) is at chance.
+    assert len(classes) > 1
+    assert result["agreement"] >= 0.5 > 1 / NUM_CLASSES
+
+
+@pytest.mark.slow
+def test_tflite_base_model_on_a_fixed_clip(tmp_path):
+    model = random_model(TINY_SPEC, "base")
+    path = export.export_tflite(model, tmp_path / "base.tflite", resolution=RESOLUTION, frames=8)
+    runner = export.TFLiteStreamRunner(path)
+    assert not runner.streaming and runner.image_shape == (1, 8, RESOLUTION, RESOLUTION, 3)
+    clip = clips(1)[0]
+    np.testing.assert_allclose(runner.step(clip), model(clip[None]).numpy()[0], atol=1e-4)
+
+    longer = clips(1, frames=12)[0]
+    padded = np.concatenate([longer[8:], np.repeat(longer[-1:], 4, axis=0)])
+    windows = [model(window[None]).numpy()[0] for window in (longer[:8], padded)]
+    steps = list(export.running_logits(runner, longer))
+    assert [index for index, _ in steps] == [7, 11]
+    np.testing.assert_allclose(steps[-1][1], np.mean(windows, axis=0), atol=1e-4)
+
+
+RELOAD = textwrap.dedent("""
+    import sys
+    sys.path[:] = [p for p in sys.path if not p.startswith({repo!r})]
+    import importlib.util
+    assert importlib.util.find_spec("movinet") is None, "movinet must not be importable here"
+    import numpy as np
+    import tensorflow as tf
+
+    frames = np.load("frames.npy")
+    stream = tf.saved_model.load("stream")
+    states = stream.signatures["init_states"](video_shape=tf.constant([1, 1, *frames.shape[1:]], tf.int32))
+    call = stream.signatures["call"]
+    logits = []
+    for frame in frames:
+        outputs = call(image=tf.constant(frame[None, None]), **states)
+        logits.append(outputs.pop("logits").numpy()[0])
+        states = outputs
+    np.save("stream_logits.npy", np.stack(logits))
+    base = tf.saved_model.load("base").signatures["serving_default"]
+    np.save("base_logits.npy", base(image=tf.constant(frames[None]))["logits"].numpy()[0])
+""")
+
+
+@pytest.mark.slow
+def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
+    from movinet.predict import read_video
+    from tests.movinet.test_predict import write_video
+
+    stream = random_model(TINY_SPEC)
+    base = random_model(TINY_SPEC, "base")
+    export.export_saved_model(stream, tmp_path / "stream", resolution=None)
+    export.export_saved_model(base, tmp_path / "base", frames=None, resolution=None, batch=None)
+    video = write_video(tmp_path / "clip.mp4", (clips(1, frames=10)[0] * 255).astype(np.uint8), fps=5)
+    frames = read_video(video, resolution=48, fps=5)
+    np.save(tmp_path / "frames.npy", frames)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    subprocess.run([sys.executable, "-I", "-c", RELOAD.format(repo=str(REPO))], cwd=tmp_path, env=env,
+                   check=True, timeout=300)
+
+    expected = keras_frame_logits(stream, frames)
+    gap = np.abs(np.load(tmp_path / "stream_logits.npy") - expected).max()
+    print(f"\nreloaded stream SavedModel vs Keras, per frame at 48x48: max |diff| {gap:.2e}")
+    assert gap < 1e-4
+    np.testing.assert_allclose(np.load(tmp_path / "base_logits.npy"), base(frames[None]).numpy()[0], atol=1e-4)

@@ -1,0 +1,162 @@
+"""``movinet predict``: real video files in, top-k per frame out, one-line errors for bad input."""
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from cli.main import main
+from movinet import checkpoints, export, predict
+from tests.movinet.test_export import RESOLUTION, TINY_SPEC, clips, random_model
+
+CODECS = {".mp4": ("mpeg4", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": ("libvpx", "yuv420p"),
+          ".mkv": ("ffv1", "yuv420p")}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension."""
+    codec, pixel_format = CODECS[path.suffix]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def motion_video(path: Path, frames: int = 16, fps: int = 10) -> Path:
+    return write_video(path, (clips(1, frames=frames)[0] * 255).astype(np.uint8), fps)
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout lines, stderr lines) of ``movinet ARGV``."""
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out.splitlines(), [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """Stream and base models with visible weights, saved as checkpoint directories."""
+    root = tmp_path_factory.mktemp("models")
+    return {mode: checkpoints.save(random_model(TINY_SPEC, mode), root / mode) for mode in ("stream", "base")}
+
+
+@pytest.mark.parametrize("suffix", list(CODECS))
+def test_read_video_in_every_container(tmp_path, suffix):
+    levels = np.arange(10, dtype=np.uint8) * 20
+    frames = np.broadcast_to(levels[:, None, None, None], (10, 24, 32, 3)).copy()
+    video = predict.read_video(write_video(tmp_path / f"grey{suffix}", frames), resolution=16)
+    assert video.shape == (10, 16, 16, 3) and video.dtype == np.float32
+    np.testing.assert_allclose(video.mean(axis=(1, 2, 3)), levels / 255.0, atol=0.03)
+
+
+def test_read_video_resamples_resizes_and_centre_crops(tmp_path):
+    frames = np.zeros((20, 48, 96, 3), np.uint8)
+    frames[:, :, :24, 0] = frames[:, :, 24:72, 1] = frames[:, :, 72:, 2] = 255   # red | green | blue
+    video = predict.read_video(write_video(tmp_path / "bands.mp4", frames, fps=10), resolution=32, fps=5)
+    assert video.shape == (10, 32, 32, 3)
+    green = video[..., 1].mean()
+    assert green > 0.9 and video[..., 0].mean() < 0.1 and video[..., 2].mean() < 0.1
+
+
+def test_read_labels(tmp_path):
+    (tmp_path / "labels.txt").write_text("run\njump\nwalk\n\n")
+    assert predict.read_labels(tmp_path / "labels.txt", 3) == ["run", "jump", "walk"]
+    with pytest.raises(predict.LabelError, match="3 class names for a model with 5 classes"):
+        predict.read_labels(tmp_path / "labels.txt", 5)
+    (tmp_path / "gap.txt").write_text("run\n\nwalk\n")
+    with pytest.raises(predict.LabelError, match="gap.txt:2: blank class name"):
+        predict.read_labels(tmp_path / "gap.txt")
+
+
+@pytest.mark.parametrize("mode", ["stream", "base"])
+def test_predict_cli_ends_on_the_whole_clip_prediction(tmp_path, capsys, saved_models, mode):
+    video = motion_video(tmp_path / "motion.mp4")
+    status, lines, _ = run_cli(capsys, "predict", video, "--model", saved_models[mode], "--fps", 5,
+                               "--resolution", RESOLUTION, "--top-k", 3, "--json")
+    assert status == 0
+    results = [json.loads(line) for line in lines]
+    frames = predict.read_video(video, resolution=RESOLUTION, fps=5)
+    assert len(frames) == 8
+    assert [r["frame"] for r in results] == (list(range(8)) if mode == "stream" else [7])
+    assert results[-1]["time"] == pytest.approx(7 / 5)
+
+    model = checkpoints.load_model(saved_models[mode])
+    classes, probabilities = predict.top_k(model(frames[None]).numpy()[0], 3)
+    final = results[-1]["top_k"]
+    assert [c["class"] for c in final] == classes.tolist()
+    np.testing.assert_allclose([c["probability"] for c in final], probabilities, atol=1e-5)
+
+
+def test_predict_cli_prints_labels_per_frame(tmp_path, capsys, saved_models):
+    video = motion_video(tmp_path / "motion.webm", frames=6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class_{i}" for i in range(5)) + "\n")
+    status, lines, _ = run_cli(capsys, "predict", video, "--model", saved_models["stream"], "--fps", 10,
+                               "--resolution", RESOLUTION, "--labels", labels, "--top-k", 2)
+    assert status == 0 and len(lines) == 6
+    assert lines[0].startswith("frame    0 (  0.00 s): class_") and lines[0].count("class_") == 2
+
+
+@pytest.mark.slow
+def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_models):
+    tflite = tmp_path / "tiny.tflite"
+    video = motion_video(tmp_path / "motion.mp4")
+    status, lines, _ = run_cli(capsys, "export", saved_models["stream"], "--format", "tflite",
+                               "--resolution", RESOLUTION, "--fps", 5, "--out", tflite, "--check", video)
+    assert status == 0 and lines[0] == f"wrote {tflite}"
+    assert lines[1].startswith("TF Lite (float32) vs Keras float32 on 1 videos: top-1 agreement 1.000")
+    status, lines, _ = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--json")
+    assert status == 0 and len(lines) == 8
+
+    model = checkpoints.load_model(saved_models["stream"])
+    keras = list(predict.predict_video(video, model, resolution=RESOLUTION, fps=5, k=5))
+    for line, expected in zip(lines, keras):
+        got = json.loads(line)["top_k"]
+        assert [c["class"] for c in got] == list(expected.classes)
+        np.testing.assert_allclose([c["probability"] for c in got], expected.probabilities, atol=1e-5)
+
+
+def bad_video(tmp_path: Path, kind: str) -> Path:
+    if kind == "missing":
+        return tmp_path / "missing.mp4"
+    if kind == "empty":
+        (tmp_path / "empty.mp4").write_bytes(b"")
+        return tmp_path / "empty.mp4"
+    if kind == "text":
+        (tmp_path / "notes.mp4").write_text("these are notes, not a video\n" * 20)
+        return tmp_path / "notes.mp4"
+    if kind == "directory":
+        return tmp_path
+    data = motion_video(tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    return tmp_path / "truncated.mp4"
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "directory", "truncated"])
+def test_predict_cli_bad_video_is_a_one_line_error(tmp_path, capsys, saved_models, kind):
+    video = bad_video(tmp_path, kind)
+    status, lines, errors = run_cli(capsys, "predict", video, "--model", saved_models["stream"],
+                                    "--resolution", RESOLUTION)
+    assert status != 0 and lines == []
+    assert len(errors) == 1 and errors[0].startswith("movinet predict: error: ") and video.name in errors[0]
+    print(f"\n{kind}: {errors[0]}")
+
+
+def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved_models):
+    video = motion_video(tmp_path / "motion.mp4", frames=4)
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
+    cases = {"2 class names for a model with 5 classes": ["--labels", tmp_path / "labels.txt"],
+             "not a runnable TF Lite model": ["--model", tmp_path / "fake.tflite"]}
+    for message, extra in cases.items():
+        argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, *extra]
+        status, lines, errors = run_cli(capsys, *argv)
+        assert status != 0 and len(errors) == 1 and message in errors[0], errors
+    status, _, errors = run_cli(capsys, "export", saved_models["stream"], "--quantize", "int8",
+                                "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
+    assert status != 0 and len(errors) == 1 and "--calibration" in errors[0]
