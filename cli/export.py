@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     export.add_argument("--calibration", nargs="+", metavar="VIDEO",
                         help="videos to calibrate int8 on, streamed frame by frame")
     export.add_argument("--check", nargs="+", metavar="VIDEO",
-                        help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model")
+                        help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model "
+                             "and the per-frame latency of both")
     export.add_argument("--resolution", type=int,
                         help="square input size (TF Lite default: the published one; SavedModel: dynamic)")
     export.add_argument("--frames", type=int, help="clip length of a base model (TF Lite default: published)")
@@ -64,9 +65,13 @@ def run_export(args) -> int:
         print(f"wrote {path}")
         if args.check:
             clips = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.check]
-            result = export.top1_agreement(model, export.TFLiteStreamRunner(path), clips)
+            runner = export.TFLiteStreamRunner(path)
+            result = export.top1_agreement(model, runner, clips)
             print(f"TF Lite ({args.quantize or 'float32'}) vs Keras float32 on {result['clips']} videos: top-1 "
                   f"agreement {result['agreement']:.3f}, max |logit diff| {result['max_abs_diff']:.4f}")
+            if model.mode == "stream":
+                keras_ms, tflite_ms = (1000 * export.seconds_per_frame(m, clips[0]) for m in (model, runner))
+                print(f"per frame: Keras {keras_ms:.1f} ms, TF Lite {tflite_ms:.1f} ms")
     return 0
 
 

@@ -17,6 +17,7 @@ over long videos and survive one scale per tensor.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -372,3 +373,22 @@ def top1_agreement(reference, candidate, clips: Iterable) -> dict:
     if not count:
         raise ValueError("top1_agreement needs at least one clip")
     return {"clips": count, "agreement": agree / count, "max_abs_diff": gap}
+
+
+def seconds_per_frame(model, frames) -> float:
+    """Mean wall time of one streaming step of a stream model over ``frames`` [T, H, W, 3].
+
+    One warm-up step first (it traces the Keras step and lets the interpreter allocate).
+    """
+    if isinstance(model, TFLiteStreamRunner):
+        if not model.streaming:
+            raise ValueError(f"{model.path} is a base model; per-frame latency needs a stream model")
+        runner = model
+    else:
+        runner = KerasStreamRunner(model, np.shape(frames)[1:3])
+    runner.step(frames[0])
+    runner.init_states()
+    start = time.perf_counter()
+    for frame in frames:
+        runner.step(frame)
+    return (time.perf_counter() - start) / len(frames)

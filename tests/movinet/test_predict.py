@@ -110,6 +110,7 @@ def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_mo
                                "--resolution", RESOLUTION, "--fps", 5, "--out", tflite, "--check", video)
     assert status == 0 and lines[0] == f"wrote {tflite}"
     assert lines[1].startswith("TF Lite (float32) vs Keras float32 on 1 videos: top-1 agreement 1.000")
+    assert lines[2].startswith("per frame: Keras ") and lines[2].endswith(" ms")
     status, lines, _ = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--json")
     assert status == 0 and len(lines) == 8
 
