@@ -82,7 +82,7 @@ class SpaceTuner(BaseTuner):
 
 
 def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn, *, remaining: int,
-        done: int, total: int, echo: Callable[[str], None] = print, **_) -> None:
+        done: int, total: int, echo: Callable[[str], None] = print) -> None:
     """Runs up to ``remaining`` new trials in this process; results land in ``ledger``."""
     metric = "top1" if space.settings.algorithm == "multi_objective" else space.objective.metric
     oracle = SamplerOracle(sampler, remaining, metric)

@@ -9,7 +9,6 @@ The driver asks Ray for no CPU itself: on a 2-core machine both cores go to tria
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import socket
@@ -155,9 +154,9 @@ def _fitting_trials(settings) -> int:
     """How many trials the cluster holds at once. Tune asks a custom searcher for one trial at a
     time unless told, so without this the trials would run one after another."""
     resources = ray.cluster_resources()
-    fits = [resources.get("CPU", 1) / settings.cpus if settings.cpus else math.inf,
-            resources.get("GPU", 0) / settings.gpus if settings.gpus else math.inf]
-    return max(1, int(min(fits))) if min(fits) < math.inf else 1
+    limits = [resources.get(name, 0) / need for name, need in (("CPU", settings.cpus), ("GPU", settings.gpus))
+              if need]
+    return max(1, int(min(limits, default=1)))
 
 
 def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
