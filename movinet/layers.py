@@ -40,15 +40,27 @@ def activation_fn(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def dims(x) -> list:
+    """The shape of ``x``: Python ints where static, scalar tensors where not.
+
+    Static dimensions keep shape arithmetic out of the graph (a streaming step at batch 1
+    then has no Shape/StridedSlice/Pack ops), which matters for per-frame latency.
+    """
+    static = x.shape.as_list()
+    if all(d is not None for d in static):
+        return static
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(static)]
+
+
 def frames_to_batch(x):
     """[B, T, H, W, C] -> [B*T, H, W, C]."""
-    shape = tf.shape(x)
-    return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+    return tf.reshape(x, [-1, *dims(x)[2:]])
 
 
 def batch_to_frames(y, like):
     """[B*T, H', W', C'] -> [B, T, H', W', C'] with B and T taken from ``like``."""
-    return tf.reshape(y, tf.concat([tf.shape(like)[:2], tf.shape(y)[1:]], axis=0))
+    return tf.reshape(y, [*dims(like)[:2], *dims(y)[1:]])
 
 
 def temporal_padding(x, kernel_t: int, causal: bool, buffer=None):
@@ -151,9 +163,9 @@ class ConvNorm(keras.layers.Layer):
     def convolve(self, x):
         kernel = tf.cast(self.kernel, x.dtype)
         if self.pointwise:
-            shape = tf.shape(x)
+            shape = dims(x)
             y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
-            y = tf.reshape(y, tf.concat([shape[:-1], [self.filters]], axis=0))
+            y = tf.reshape(y, [*shape[:-1], self.filters])
         else:
             rank5 = x.shape.rank == 5
             frames = frames_to_batch(x) if rank5 else x
@@ -226,7 +238,7 @@ class FeatureConv(keras.layers.Layer):
 
     def temporal_taps(self, x, kernel):
         """sum_i padded[:, i:i+T] * kernel[i] over the kt taps, for x padded in time."""
-        frames = tf.shape(x)[1] - (self.kernel_t - 1)
+        frames = dims(x)[1] - (self.kernel_t - 1)
         out = x[:, :frames] * kernel[0]
         for i in range(1, self.kernel_t):
             out = out + x[:, i:i + frames] * kernel[i]
@@ -247,7 +259,7 @@ class FeatureConv(keras.layers.Layer):
         padded, buffer = temporal_padding(x, self.kernel_t, self.causal, states.get(self.buffer_name))
         if buffer is not None:
             new_states[self.buffer_name] = buffer
-        frames = tf.shape(x)[1]
+        frames = dims(x)[1]
         kernel = tf.cast(self.kernel, x.dtype)
         channels = kernel.shape[-1]
         strides = [1, self.stride, self.stride, 1]
@@ -277,7 +289,7 @@ class PositionalEncoding(keras.layers.Layer):
 
     def call(self, x, states):
         start, count = frame_counts(states, self.count_name, tf.float32)
-        frames = tf.shape(x)[1]
+        frames = dims(x)[1]
         channels = x.shape[-1]
         positions = start + tf.cast(tf.range(frames), tf.float32)
         index = tf.range(channels)
@@ -300,19 +312,21 @@ def cumulative_mean(per_frame, states, prefix, causal):
     ``{prefix}_pool_frame_count`` the two give the same outputs.
     """
     buffer_name, count_name = f"{prefix}_pool_buffer", f"{prefix}_pool_frame_count"
-    seen, count = frame_counts(states, count_name, per_frame.dtype)
+    dtype = per_frame.dtype
+    per_frame = tf.cast(per_frame, tf.float32)        # frame counts overflow float16 precision
+    seen, count = frame_counts(states, count_name, tf.float32)
     previous = states.get(buffer_name)
-    previous_sum = 0.0 if previous is None else tf.cast(previous, per_frame.dtype) * seen
-    frames = tf.shape(per_frame)[1]
+    previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
+    frames = dims(per_frame)[1]
     if causal:
         sums = tf.cumsum(per_frame, axis=1) + previous_sum
-        totals = seen + tf.cast(tf.range(1, frames + 1), per_frame.dtype)
+        totals = seen + tf.cast(tf.range(1, frames + 1), tf.float32)
         means = sums / tf.reshape(totals, [1, -1, 1, 1, 1])
         last = means[:, -1:]
     else:
         total = tf.reduce_sum(per_frame, axis=1, keepdims=True) + previous_sum
-        means = last = total / (seen + tf.cast(frames, per_frame.dtype))
-    return means, {buffer_name: last, count_name: count + frames}
+        means = last = total / (seen + tf.cast(frames, tf.float32))
+    return tf.cast(means, dtype), {buffer_name: tf.cast(last, dtype), count_name: count + frames}
 
 
 class SqueezeExcitation(keras.layers.Layer):
@@ -357,7 +371,7 @@ class SqueezeExcitation(keras.layers.Layer):
                 temporal = tf.reduce_mean(spatial, axis=1, keepdims=True)
             if self.se_type == "2plus3d":
                 if not self.causal:
-                    temporal = tf.tile(temporal, [1, tf.shape(x)[1], 1, 1, 1])
+                    temporal = tf.tile(temporal, [1, dims(x)[1], 1, 1, 1])
                 pooled = tf.concat([temporal, spatial], axis=-1)
             else:
                 pooled = temporal
