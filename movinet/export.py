@@ -73,7 +73,8 @@ def serving_functions(model, *, batch=1, frames=None, resolution=None) -> dict:
     Returns:
       base: {"serving_default": image -> {logits}}.
       stream: {"call": {**states, image} -> {logits, **new states},
-               "init_states": int32 [5] video shape -> {**zero states}}.
+               "init_states": input_shape (int32 [B, T, H, W, 3]) -> {**zero states}}, named as in
+      the official export, so TF Hub-style code runs on it unchanged.
     """
     height, width = _height_width(resolution)
     image = image_spec(batch, frames, height, width)
@@ -87,14 +88,14 @@ def serving_functions(model, *, batch=1, frames=None, resolution=None) -> dict:
         logits, states = model(inputs, training=False)
         return {**states, "logits": logits}
 
-    def init_states(video_shape):
-        zeros = state_shapes(model.spec, model.options, video_shape[0], video_shape[2], video_shape[3])
+    def init_states(input_shape):
+        zeros = state_shapes(model.spec, model.options, input_shape[0], input_shape[2], input_shape[3])
         return {name: tf.zeros(shape, dtype) for name, (shape, dtype) in zeros.items()}
 
     inputs = {**state_specs(model, batch, height, width), "image": image}
     return {"call": tf.function(call).get_concrete_function(inputs),
             "init_states": tf.function(init_states).get_concrete_function(
-                tf.TensorSpec([5], tf.int32, name="video_shape"))}
+                tf.TensorSpec([5], tf.int32, name="input_shape"))}
 
 
 def _variables_holder(model) -> tf.Module:
