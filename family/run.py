@@ -1,0 +1,69 @@
+"""Searching a family: each member's scaled space goes to ``search.run_search``, which writes
+``<output_dir>/<family>_<member>/``. Members run one after another, or all at once on Ray (each
+search then runs inside a Ray task that holds no CPU, so the trials of every member share the cluster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from family.scaling import Family, load_family, scale_space
+from search import SearchResult, run_search
+
+
+def member_names(family: Family, which: "str | Sequence[str]") -> list[str]:
+    """``all`` or a member name (or several) -> the members to search, checked."""
+    selected = list(family.members) if which == "all" else [which] if isinstance(which, str) else list(which)
+    for name in selected:
+        family.member(name)
+    return selected
+
+
+def search_members(which: "str | Sequence[str]" = "all", *, family: "Family | str | Path | None" = None,
+                   parallel: bool = False, output_dir: "str | Path" = "results", backend: str = "ray",
+                   address: str | None = None, num_cpus: int | None = None,
+                   echo: Callable[[str], None] = print, **search_kwargs) -> dict[str, SearchResult]:
+    """Runs the search of each selected member in its scaled space; returns {member: result}.
+
+    Args:
+      which: 'all', a member name, or a list of them.
+      family: a Family or a family file (default specs/family/coefficients.yaml).
+      parallel: all members at once on the Ray cluster at ``address`` (or a local Ray).
+      **search_kwargs: passed to ``search.run_search`` (resume, num_trials, algorithm, trial_fn, ...).
+    """
+    family = family if isinstance(family, Family) else load_family(family)
+    names = member_names(family, which)
+    spaces = {name: scale_space(family, name) for name in names}
+    kwargs = dict(output_dir=output_dir, backend=backend, **search_kwargs)
+    if not parallel or len(names) == 1:
+        results = {}
+        for name in names:
+            echo(f"family {family.name}: member {name}, target {spaces[name].objective.target_macs / 1e9:.2f} GMACs")
+            results[name] = run_search(spaces[name], address=address, num_cpus=num_cpus, echo=echo, **kwargs)
+        return results
+    if backend != "ray":
+        raise ValueError(f"parallel member searches run on Ray; backend={backend!r} runs one search at a time")
+    return _search_on_ray(spaces, address, num_cpus, echo, kwargs)
+
+
+def _search_on_ray(spaces, address, num_cpus, echo, kwargs) -> dict[str, SearchResult]:
+    import ray
+
+    from search.ray_backend import connect
+
+    started = connect(address, num_cpus)
+    try:
+        remote = ray.remote(num_cpus=0)(_run_member)
+        pending = {name: remote.remote(space, kwargs) for name, space in spaces.items()}
+        echo(f"searching {', '.join(pending)} at once on Ray; results go to "
+             f"{', '.join(str(Path(kwargs['output_dir']) / s.name) for s in spaces.values())}")
+        return {name: ray.get(ref) for name, ref in pending.items()}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_member(space, kwargs) -> SearchResult:
+    """One member's search inside a Ray task: it joins the task's cluster and prints to its log."""
+    return run_search(space, **kwargs)
