@@ -1,0 +1,586 @@
+"""Training: one custom loop for every tf.distribute strategy, resumable run folders, trial budgets.
+
+The loop is written out (``strategy.run``) rather than ``Model.fit``, because Keras 3 ``fit``
+fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Each replica divides its summed
+loss by the global batch size and its share of the regularisation by the number of replicas: the
+Keras 3 optimizer sums gradients across replicas, so the update equals that of one device on the
+whole batch.
+
+The recipe follows the official Kinetics training (MoViNets, arXiv 2103.11511; yamls quoted in
+the reference, section 3.3): RMSprop (rho 0.9, momentum 0.9, epsilon 1.0), cosine decay after a
+linear warm-up, label smoothing 0.1, L2 weight decay 3e-5 (an L2 of half that on conv kernels),
+clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch (the
+official 1.8 is for 1024 clips).
+
+A run folder holds::
+
+    config.yaml          the resolved spec, mode, model options, data and training settings
+    checkpoints/         model, optimizer and epoch counter after every finished epoch
+    logs/train, logs/val TensorBoard scalars
+    history.csv          one row per finished epoch
+    model/               the final weights (``movinet.checkpoints.save`` layout)
+
+Running the same command again resumes after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import keras
+import tensorflow as tf
+import yaml
+from tensorflow.core.framework import summary_pb2
+
+from movinet.data import DataConfig, DataInfo, make_datasets
+from movinet.evaluate import batch_counts, summarize_counts
+from movinet.model import build_model
+from movinet.spec import ModelSpec, load_spec, spec_from_dict
+
+OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# Settings that may change between a run and its resumption: they do not change what is learned.
+RESUMABLE_CHANGES = ("train.epochs", "train.verbose", "train.max_seconds", "train.log_every_steps",
+                     "train.keep_checkpoints", "data.cache_dir", "data.parallel_calls",
+                     "data.eval_batch_size")
+
+TRIAL_NORM_MOMENTUM = 0.9
+EpochHook = Callable[[dict], None]
+
+
+class TrainError(ValueError):
+    """A training run that cannot start or resume; the message says why and what to change."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train: the optimisation recipe, numerics, distribution, budget and bookkeeping.
+
+    ``weight_decay`` is the official ``l2_weight_decay``: conv kernels get an L2 penalty of half of
+    it (the ``tf.nn.l2_loss`` convention). ``warmup_fraction`` of all steps warm the learning rate
+    up linearly from 0 (official: 2145 of 85785 steps). ``max_seconds`` stops training once the
+    time is spent (checked after every step) and evaluates the model as it is then.
+    """
+
+    epochs: int = 10
+    optimizer: str = "rmsprop"
+    learning_rate: float = 0.02
+    warmup_fraction: float = 0.05
+    final_learning_rate_fraction: float = 0.0
+    momentum: float = 0.9
+    rmsprop_rho: float = 0.9
+    rmsprop_epsilon: float = 1.0
+    label_smoothing: float = 0.1
+    weight_decay: float = 3e-5
+    clipnorm: float | None = 1.0
+    dropout_rate: float = 0.2
+    stochastic_depth_drop_rate: float = 0.2
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "default"
+    tpu_address: str | None = None
+    steps_per_epoch: int | None = None
+    max_seconds: float | None = None
+    init_checkpoint: str | None = None
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    verbose: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("strategy", STRATEGIES))
+        for field, allowed in checks:
+            if getattr(self, field) not in allowed:
+                raise TrainError(f"{field}={getattr(self, field)!r}: expected one of {list(allowed)}")
+        if self.epochs < 1:
+            raise TrainError(f"epochs={self.epochs}: expected at least 1")
+        if self.learning_rate <= 0:
+            raise TrainError(f"learning_rate={self.learning_rate}: expected a positive number")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise TrainError(f"warmup_fraction={self.warmup_fraction}: expected a fraction in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise TrainError(f"label_smoothing={self.label_smoothing}: expected a fraction in [0, 1)")
+        if self.clipnorm is not None and self.clipnorm <= 0:
+            raise TrainError(f"clipnorm={self.clipnorm}: expected a positive number, or None for no clipping")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TrainError(f"unknown training setting(s) {unknown}")
+        return cls(**values)
+
+
+def make_strategy(name: str, tpu_address: str | None = None) -> tf.distribute.Strategy:
+    """A tf.distribute strategy by name; 'mirrored' spans all GPUs, else all logical CPUs."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if gpus:
+            return tf.distribute.MirroredStrategy(gpus)
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise TrainError(f"strategy={name!r}: expected one of {list(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this worker writes the run folder (every worker of a single-host strategy does)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """Linear warm-up from 0 over ``warmup_fraction`` of the steps, then a cosine to the final rate."""
+    warmup = int(total_steps * config.warmup_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=max(total_steps - warmup, 1), alpha=config.final_learning_rate_fraction,
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer with a cosine learning rate after a linear warm-up from 0.
+
+    Gradient clipping is not left to the optimizer: Keras clips each replica's gradient before
+    summing across replicas, which is not the clipping of the whole batch (see ``Trainer``).
+    """
+    schedule = learning_rate_schedule(config, total_steps)
+    if config.optimizer == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(schedule, rho=config.rmsprop_rho, momentum=config.momentum,
+                                             epsilon=config.rmsprop_epsilon)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(schedule)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule)
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class Trainer:
+    """A model and its optimizer under a strategy: distributed train and evaluation steps."""
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                 strategy: tf.distribute.Strategy, config: TrainConfig, global_batch_size: int,
+                 num_classes: int):
+        replicas = strategy.num_replicas_in_sync
+        if global_batch_size % replicas:
+            raise TrainError(f"batch_size={global_batch_size} does not split over {replicas} replicas")
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.config = config
+        self.global_batch_size = global_batch_size
+        self.num_classes = num_classes
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+        self._gradients = tf.function(self._replica_gradients, jit_compile=config.jit_compile)
+        self._train_step = tf.function(self._distributed_train_step)
+        self._eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
+
+    def _replica_gradients(self, clips, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(clips, training=True), tf.float32)
+            counts = batch_counts(labels, logits, self.num_classes, self.config.label_smoothing)
+            loss = counts["loss"] / self.global_batch_size
+            if self.model.losses:
+                loss += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) / (
+                    self.strategy.num_replicas_in_sync)
+            scaled = self.optimizer.scale_loss(loss)
+        return tape.gradient(scaled, self.model.trainable_variables), counts
+
+    def _clipped(self, gradients):
+        """Clips each variable's gradient of the whole global batch to ``clipnorm``.
+
+        The gradients are summed over replicas first and divided back afterwards, so the
+        optimizer's own sum gives the clipped whole-batch gradient. With loss scaling the
+        limit is scaled too, which clips the unscaled gradient.
+        """
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas > 1:
+            gradients = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        limit = self.config.clipnorm
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            limit = limit * tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        return [tf.clip_by_norm(g, limit) / replicas for g in gradients]
+
+    def _replica_train_step(self, clips, labels):
+        gradients, counts = self._gradients(clips, labels)
+        if self.config.clipnorm:
+            gradients = self._clipped(gradients)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return counts
+
+    def _distributed_train_step(self, batch):
+        counts = self.strategy.run(self._replica_train_step, args=batch)
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in counts.items()}
+
+    def _replica_eval_step(self, clips, labels):
+        logits = tf.cast(self.model(clips, training=False), tf.float32)
+        return batch_counts(labels, logits, self.num_classes)
+
+    def _distributed_eval_step(self, batch):
+        counts = self.strategy.run(self._replica_eval_step, args=batch)
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in counts.items()}
+
+    def distribute(self, dataset: tf.data.Dataset):
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def train_step(self, batch) -> dict[str, float]:
+        return {k: float(v) for k, v in self._train_step(batch).items()}
+
+    def train_epoch(self, dataset, steps: int | None, progress: keras.utils.Progbar | None = None,
+                    deadline: float | None = None, on_step: Callable[[int, dict], None] | None = None
+                    ) -> tuple[dict[str, float], bool]:
+        """One pass over ``dataset`` (at most ``steps`` batches); returns (metrics, stopped by deadline)."""
+        totals: dict[str, float] = {}
+        stopped = False
+        for step, batch in enumerate(self.distribute(dataset), start=1):
+            for key, value in self.train_step(batch).items():
+                totals[key] = totals.get(key, 0.0) + value
+            metrics = summarize_counts(totals)
+            if progress is not None:
+                progress.update(step, [("loss", metrics["loss"]), ("top1", metrics["top1"]),
+                                       ("lr", self.learning_rate)])
+            if on_step is not None:
+                on_step(step, metrics)
+            if steps is not None and step >= steps:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = True
+                break
+        return summarize_counts(totals), stopped
+
+    def evaluate(self, dataset) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in self.distribute(dataset):
+            for key, value in self._eval_step(batch).items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        return summarize_counts(totals)
+
+    @property
+    def learning_rate(self) -> float:
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        return float(optimizer.learning_rate)
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def log_scalar(name: str, value: float) -> None:
+    """A TensorBoard scalar, written with core TF so that TensorBoard need not be installed."""
+    tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+def resolved_config(spec: ModelSpec, mode: str, model_options: Mapping[str, Any], data: DataConfig,
+                    train: TrainConfig) -> dict[str, Any]:
+    return {"spec": spec.to_dict(), "mode": mode, "model_options": dict(model_options),
+            "data": data.to_dict(), "train": train.to_dict()}
+
+
+def _changed_settings(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        before, after = saved.get(key), current.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping) and key != "spec":
+            changed += _changed_settings(before, after, f"{name}.")
+        elif before != after and name not in RESUMABLE_CHANGES:
+            changed.append(name)
+    return changed
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise TrainError(f"{run_dir}: not a training run folder (no config.yaml)")
+    return yaml.safe_load(path.read_text())
+
+
+def build_run_model(config: Mapping[str, Any], num_classes: int, train: TrainConfig) -> keras.Model:
+    """The model a run config describes, with the recipe's regularisation."""
+    spec = spec_from_dict(config["spec"], "config.yaml spec")
+    options = dict(config.get("model_options") or {})
+    options.setdefault("dropout_rate", train.dropout_rate)
+    options.setdefault("stochastic_depth_drop_rate", train.stochastic_depth_drop_rate)
+    options.setdefault("kernel_l2", train.weight_decay / 2.0)
+    return build_model(spec, config["mode"], num_classes=num_classes, **options)
+
+
+def model_variables(model: keras.Model) -> dict[str, keras.Variable]:
+    """The model's variables keyed by their path below the model, as checkpoints hold them.
+
+    Checkpoints name variables by path rather than through TF's object graph, which does not
+    follow the Keras 3 layer lists a MovinetClassifier keeps its blocks in.
+    """
+    return {variable.path.split("/", 1)[-1]: variable for variable in model.weights}
+
+
+def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> dict[str, keras.Variable]:
+    """The optimizer's variables keyed by path without the optimizer's name.
+
+    Keras numbers the names of later optimizers of a process ('adam_1'), which must not stop a
+    run resumed in the same process; a loss-scale optimizer's inner variables get 'inner/'.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    inner_ids = {id(variable) for variable in inner.variables} if inner is not None else set()
+    return {("inner/" if id(variable) in inner_ids else "") + variable.path.split("/", 1)[-1]: variable
+            for variable in optimizer.variables}
+
+
+def restore_run_model(run_dir: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
+    """The model of a run folder with the weights of its last checkpoint; and the run config."""
+    config = read_run_config(run_dir)
+    train = TrainConfig.from_dict(config["train"])
+    model = build_run_model(config, config["num_classes"], train)
+    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints"))
+    if latest is None:
+        raise TrainError(f"{run_dir}: no checkpoint yet (no finished epoch)")
+    tf.train.Checkpoint(model=model_variables(model)).restore(latest).expect_partial(
+        ).assert_existing_objects_matched()
+    return model, config
+
+
+def _load_init_checkpoint(model: keras.Model, path: str) -> None:
+    try:
+        from movinet.checkpoints import load_weights
+    except ImportError as err:
+        raise TrainError(f"init_checkpoint={path!r} needs movinet.checkpoints.load_weights, which this "
+                         f"installation lacks ({err})") from None
+    load_weights(model, path, skip_classifier=True)
+
+
+class _RunFolder:
+    """Writes the run folder: only the chief writes; other workers save checkpoints to a scratch folder."""
+
+    def __init__(self, run_dir: Path, chief: bool):
+        self.root = run_dir
+        self.chief = chief
+        self.scratch = None if chief else Path(tempfile.mkdtemp(prefix="movinet-worker-"))
+        self.checkpoints = (self.root if chief else self.scratch) / "checkpoints"
+
+    def writer(self, name: str):
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(str(self.root / "logs" / name))
+
+    def append_history(self, row: Mapping[str, Any]) -> None:
+        if not self.chief:
+            return
+        path = self.root / "history.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def history(self) -> list[dict[str, str]]:
+        path = self.root / "history.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def truncate_history(self, epochs: int) -> None:
+        """Drops rows after the restored checkpoint: a partial epoch, or a crash between the writes."""
+        rows = self.history()
+        kept = [row for row in rows if int(row["epoch"]) <= epochs]
+        if not self.chief or len(kept) == len(rows):
+            return
+        (self.root / "history.csv").unlink()
+        for row in kept:
+            self.append_history(row)
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfig,
+          train_config: TrainConfig, run_dir: str | os.PathLike, *,
+          model_options: Mapping[str, Any] | None = None, on_epoch_end: EpochHook | None = None) -> dict:
+    """Trains a MoViNet on ``data_config`` into ``run_dir``, resuming a run found there.
+
+    Args:
+      model_spec_or_name: a published name ('a0'), a spec YAML path or a ModelSpec.
+      mode: 'base' or 'stream' (a stream model trains on whole clips, zero initial states).
+      model_options: ModelOptions fields besides the recipe's dropout, stochastic depth and L2.
+      on_epoch_end: called with each finished epoch's metrics (a search reports them to its
+        scheduler); raising from it interrupts training after that epoch's checkpoint.
+    Returns:
+      The last evaluation: top1, top5, loss (validation) with train_loss, train_top1, epoch,
+      steps, seconds, stopped_by_budget, skipped_files, params and run_dir.
+    """
+    spec = load_spec(model_spec_or_name)
+    run_dir = Path(run_dir)
+    model_options = dict(model_options or {})
+    train_ds, val_ds, info = make_datasets(data_config)
+    config = resolved_config(spec, mode, model_options, data_config, train_config)
+    config["num_classes"] = info.num_classes
+    config["class_names"] = info.class_names
+    if (run_dir / "config.yaml").exists():
+        changed = _changed_settings(read_run_config(run_dir), config)
+        if changed:
+            raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+                             "give a new run folder to start another run")
+
+    keras.utils.set_random_seed(train_config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(train_config.precision)
+    strategy = make_strategy(train_config.strategy, train_config.tpu_address)
+    folder = _RunFolder(run_dir, is_chief(strategy))
+    try:
+        steps_per_epoch = train_config.steps_per_epoch or info.num_train // data_config.batch_size
+        with strategy.scope():
+            model = build_run_model(config, info.num_classes, train_config)
+            optimizer = make_optimizer(train_config, train_config.epochs * steps_per_epoch)
+            epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        trainer = Trainer(model, optimizer, strategy, train_config, data_config.batch_size, info.num_classes)
+        checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer_variables(optimizer),
+                                         epoch=epoch)
+        manager = tf.train.CheckpointManager(checkpoint, str(folder.checkpoints),
+                                             max_to_keep=train_config.keep_checkpoints)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            folder.truncate_history(int(epoch.numpy()))
+        elif train_config.init_checkpoint:
+            _load_init_checkpoint(model, train_config.init_checkpoint)
+        if folder.chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return _run_epochs(trainer, checkpoint, manager, epoch, folder, train_ds, val_ds, info,
+                           train_config, steps_per_epoch, on_epoch_end)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        folder.close()
+
+
+def _run_epochs(trainer: Trainer, checkpoint, manager, epoch: tf.Variable, folder: _RunFolder,
+                train_ds, val_ds, info: DataInfo, config: TrainConfig, steps_per_epoch: int,
+                on_epoch_end: EpochHook | None) -> dict:
+    started = time.monotonic()
+    deadline = started + config.max_seconds if config.max_seconds else None
+    train_writer, val_writer = folder.writer("train"), folder.writer("val")
+    optimizer_steps = lambda: int(trainer.optimizer.iterations.numpy())  # noqa: E731
+
+    def log_step(step: int, metrics: dict) -> None:
+        if step % config.log_every_steps == 0:
+            with train_writer.as_default(step=optimizer_steps()):
+                log_scalar("running_loss", metrics["loss"])
+                log_scalar("learning_rate", trainer.learning_rate)
+
+    result = _last_result(folder)
+    stopped = False
+    while int(epoch.numpy()) < config.epochs and not stopped:
+        number = int(epoch.numpy()) + 1
+        if config.verbose:
+            print(f"epoch {number}/{config.epochs}")
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=config.verbose,
+                                       stateful_metrics=["loss", "top1", "lr"])
+        began = time.monotonic()
+        train_metrics, stopped = trainer.train_epoch(train_ds, steps_per_epoch, progress, deadline, log_step)
+        val_metrics = trainer.evaluate(val_ds)
+        row = {"epoch": number, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"],
+               "loss": val_metrics["loss"], "top1": val_metrics["top1"], "top5": val_metrics["top5"],
+               "learning_rate": trainer.learning_rate, "steps": optimizer_steps(),
+               "seconds": round(time.monotonic() - began, 3), "skipped_files": info.skipped_count,
+               "complete": not stopped}
+        for writer, values in ((train_writer, train_metrics), (val_writer, val_metrics)):
+            with writer.as_default(step=number):
+                for key in ("loss", "top1", "top5"):
+                    log_scalar(f"epoch_{key}", values[key])
+        if not stopped:
+            epoch.assign(number)
+            manager.save(checkpoint_number=number)
+        folder.append_history(row)
+        if config.verbose:
+            print(f"epoch {number}: val top1 {row['top1']:.4f} top5 {row['top5']:.4f} loss {row['loss']:.4f}"
+                  + (" (time budget spent)" if stopped else ""))
+        result = row
+        if on_epoch_end is not None:
+            on_epoch_end(dict(row))
+    train_writer.flush()
+    val_writer.flush()
+    if folder.chief:
+        from movinet.checkpoints import save
+
+        save(trainer.model, folder.root / "model")
+    return {**result, "stopped_by_budget": stopped, "seconds": round(time.monotonic() - started, 3),
+            "params": trainer.model.count_params(), "run_dir": str(folder.root)}
+
+
+def _last_result(folder: _RunFolder) -> dict:
+    """The last row of the history as numbers (what a run that is already complete returns)."""
+    rows = folder.history()
+    if not rows:
+        return {"epoch": 0, "top1": math.nan, "top5": math.nan, "loss": math.nan}
+    return {key: _number(text) for key, text in rows[-1].items()}
+
+
+def _number(text: str):
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: DataConfig | None = None,
+                    budget: Mapping[str, Any] | None = None, *, train_config: TrainConfig | None = None,
+                    model_options: Mapping[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
+                    report: EpochHook | None = None) -> dict:
+    """Trains one search candidate within a budget, with the same code as ``train``.
+
+    A trial is a few hundred steps, too few for batch-norm moving averages of the official
+    momentum 0.99 to forget their initial values (the validation accuracy then stays near chance
+    while the training accuracy rises), so trials use ``TRIAL_NORM_MOMENTUM`` unless
+    ``model_options`` sets ``norm_momentum``.
+
+    Args:
+      budget: TrainConfig fields that bound the trial, e.g. ``{"epochs": 2, "max_seconds": 120}``.
+      run_dir: where to keep the run; by default a temporary folder removed afterwards.
+      report: called after every epoch with its metrics (``epoch``, ``top1``, ``top5``, ``loss``).
+    Returns:
+      {top1, top5, loss, epoch, steps, seconds, params, stopped_by_budget, ...} of the last evaluation.
+    """
+    settings = (train_config or TrainConfig(verbose=0)).to_dict()
+    settings.update(budget or {})
+    config = TrainConfig.from_dict(settings)
+    data_config = data_config or DataConfig()
+    options = {"norm_momentum": TRIAL_NORM_MOMENTUM, **dict(model_options or {})}
+    if run_dir is not None:
+        return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report)
+    with tempfile.TemporaryDirectory(prefix="movinet-trial-") as scratch:
+        result = train(spec, mode, data_config, config, scratch, model_options=options, on_epoch_end=report)
+    result.pop("run_dir")
+    return result
