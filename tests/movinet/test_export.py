@@ -69,14 +69,9 @@ def random_model(spec, mode="stream", scaling=unit_logits, seed=0):
     return scaling(model, clips(6, split="train"))
 
 
-def keras_frame_logits(model, clip):
-    runner = export.KerasStreamRunner(model, clip.shape[1:3])
-    return np.stack([runner.step(frame) for frame in clip])
-
-
-def runner_frame_logits(runner, clip):
-    runner.init_states()
-    return np.stack([runner.step(frame) for frame in clip])
+def frame_logits(model, clip):
+    """Logits after every frame of ``clip``, streamed by a Keras stream model or a TF Lite runner."""
+    return np.stack([logits for _, logits in export.running_logits(model, clip)])
 
 
 def test_state_specs_leave_dynamic_sizes_open():
@@ -124,8 +119,8 @@ def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
     assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
     gaps = []
     for clip in clips(2):
-        expected = keras_frame_logits(model, clip)
-        gaps.append(np.abs(runner_frame_logits(runner, clip) - expected).max())
+        expected = frame_logits(model, clip)
+        gaps.append(np.abs(frame_logits(runner, clip) - expected).max())
         np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
     print(f"\na0 stream TF Lite float32 vs Keras, per frame: max |diff| {max(gaps):.2e}")
     assert max(gaps) < 1e-4
@@ -136,7 +131,7 @@ def test_tflite_float16_matches_keras_frame_by_frame(tmp_path):
     model = random_model(TINY_SPEC)
     path = export.export_tflite(model, tmp_path / "f16.tflite", resolution=RESOLUTION, quantization="float16")
     runner = export.TFLiteStreamRunner(path)
-    gap = max(np.abs(runner_frame_logits(runner, clip) - keras_frame_logits(model, clip)).max() for clip in clips(2))
+    gap = max(np.abs(frame_logits(runner, clip) - frame_logits(model, clip)).max() for clip in clips(2))
     print(f"\nfloat16 TF Lite vs Keras float32, per frame: max |diff| {gap:.2e}")
     assert gap < 1e-2
 
@@ -156,7 +151,8 @@ def test_tflite_int8_top1_agreement_with_float32(tmp_path):
           f"{result['max_abs_diff']:.3f} (logits vary by ~1 between clips)")
     assert export.top1_agreement(model, model, test_clips[:2])["agreement"] == 1.0
     # A random network's clip-dependent activations are small beside their common part, and int8
-    # resolves them coarsely, so some decisions flip; a broken export (saturated states) is at chance.
+    # resolves them coarsely, so some decisions flip. Its states carry little, so calibrating on
+    # zero states scores the same here; that mistake shows only on a trained model.
     assert len(classes) > 1
     assert result["agreement"] >= 0.5 > 1 / NUM_CLASSES
 
@@ -218,7 +214,7 @@ def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     subprocess.run([sys.executable, "-I", "-c", RELOAD.format(repo=str(REPO))], cwd=tmp_path, env=env,
                    check=True, timeout=300)
 
-    expected = keras_frame_logits(stream, frames)
+    expected = frame_logits(stream, frames)
     gap = np.abs(np.load(tmp_path / "stream_logits.npy") - expected).max()
     print(f"\nreloaded stream SavedModel vs Keras, per frame at 48x48: max |diff| {gap:.2e}")
     assert gap < 1e-4
