@@ -97,10 +97,10 @@ def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(backend, tmp_pa
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
     path = space_file(tmp_path, data={"crash_resolution": 40})
-    result = run_search(path, backend=backend, num_trials=6, output_dir=tmp_path / "out",
+    result = run_search(path, backend=backend, num_trials=4, output_dir=tmp_path / "out",
                         trial_fn=fakes.quick_trial, echo=quiet)
     failed = [row for row in result.rows if row["status"] == FAILED]
-    assert len(result.rows) == 6 and failed and len(failed) < 6
+    assert len(result.rows) == 4 and failed and len(failed) < 4
     for row in result.rows:
         if row["resolution"] == 40:
             assert row["status"] == FAILED and row["error"] == f"RuntimeError: injected crash in {row['key']}"
@@ -145,7 +145,7 @@ DRIVER = textwrap.dedent("""
 def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray_cluster, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
-    path = space_file(tmp_path, data={"epoch_seconds": 1.0, "marker_dir": str(markers)},
+    path = space_file(tmp_path, data={"epoch_seconds": 0.6, "marker_dir": str(markers)},
                       search={"num_trials": 6})
     out = tmp_path / "out"
     script = DRIVER.format(here=str(HERE), space=str(path), out=str(out), address=ray_cluster)
