@@ -115,3 +115,13 @@ def test_members_must_share_classes_and_mode():
 def test_temporal_ensemble_needs_a_frame_per_member():
     with pytest.raises(ValueError, match="at least 2 frames"):
         ensembles("base")["temporal"](CLIP[:, :1])
+
+
+@pytest.mark.slow
+def test_base_ensemble_exports_as_a_saved_model_like_a_single_model(tmp_path):
+    from movinet.export import export_saved_model
+
+    model = ensembles("base")["resolution"]
+    path = export_saved_model(model, tmp_path / "saved", frames=4, resolution=32)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](image=tf.constant(CLIP))
+    np.testing.assert_allclose(served["logits"], model(CLIP), atol=1e-6)
