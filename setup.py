@@ -21,7 +21,8 @@ setup(
         "ray[tune]>=2.40",
         "optuna>=4.0",
         "ai-edge-litert",
+        "keras-tuner",
     ],
-    extras_require={"test": ["pytest", "keras-tuner"]},
+    extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["movinet=cli.main:main"]},
 )

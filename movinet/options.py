@@ -74,7 +74,8 @@ class ModelOptions:
 
 
 def resolve_options(spec: ModelSpec, mode: str = "base", **overrides) -> ModelOptions:
-    """The official settings for ``spec`` in ``mode``, with ``overrides`` applied on top."""
+    """The official settings for ``spec`` in ``mode``, then the spec's own ``options``, then
+    ``overrides`` on top."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelOptions)})
@@ -86,5 +87,6 @@ def resolve_options(spec: ModelSpec, mode: str = "base", **overrides) -> ModelOp
         defaults = dict(causal=True, conv_type="2plus1d", se_type="2plus3d", activation="hard_swish",
                         gating_activation="hard_sigmoid")
         defaults.update(spec.stream)
+    defaults.update(spec.options)
     defaults.update({k: v for k, v in overrides.items() if v is not None})
     return ModelOptions(**defaults)

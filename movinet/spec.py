@@ -16,7 +16,12 @@ YAML layout (see ``specs/a0.yaml``)::
     head: {project_filters: 480, head_filters: 2048}
     input: {frames: 50, resolution: 172, fps: 5}        # optional, the published clip
     stream: {use_positional_encoding: false, classifier_activation: swish}   # optional
+    options: {se_type: none}                            # optional build options, any mode
     published: {gmacs: 2.7, top1_base: 72.28}         # optional, free-form numbers
+
+``stream`` holds defaults for stream mode only (the official per-model settings);
+``options`` holds architecture choices that apply in every mode (a searched candidate's
+SE type, say); keyword arguments of ``build_model`` override both.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class ModelSpec:
     head: HeadSpec
     input: InputSpec | None = None
     stream: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     published: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -113,6 +119,8 @@ class ModelSpec:
                             "fps": self.input.fps}
         if self.stream:
             out["stream"] = dict(self.stream)
+        if self.options:
+            out["options"] = dict(self.options)
         if self.published:
             out["published"] = dict(self.published)
         return out
@@ -161,7 +169,7 @@ class _Reader:
 def spec_from_dict(data: Mapping, source: str = "<spec>") -> ModelSpec:
     """Builds a validated ModelSpec; raises SpecError naming ``source`` and the field path."""
     r = _Reader(source)
-    r.mapping(data, "", ("name", "stem", "blocks", "head"), ("input", "stream", "published"))
+    r.mapping(data, "", ("name", "stem", "blocks", "head"), ("input", "stream", "options", "published"))
     name = data["name"]
     if not isinstance(name, str) or not name:
         r.fail("name", f"expected a non-empty string, got {name!r}")
@@ -216,11 +224,18 @@ def spec_from_dict(data: Mapping, source: str = "<spec>") -> ModelSpec:
                                resolution=r.positive_int(inp["resolution"], "input.resolution"),
                                fps=fps)
     stream = dict(r.mapping(data.get("stream") or {}, "stream", (), STREAM_KEYS))
+    options = dict(r.mapping(data.get("options") or {}, "options", (), _option_names()))
     published = data.get("published") or {}
     if not isinstance(published, Mapping):
         r.fail("published", "expected a mapping")
     return ModelSpec(name=name, stem=stem_spec, blocks=tuple(block_specs), head=head_spec,
-                     input=input_spec, stream=stream, published=dict(published))
+                     input=input_spec, stream=stream, options=options, published=dict(published))
+
+
+def _option_names() -> tuple[str, ...]:
+    from movinet.options import ModelOptions   # options.py imports this module
+
+    return tuple(f.name for f in dataclasses.fields(ModelOptions) if f.name != "num_classes")
 
 
 class _SpecDumper(yaml.SafeDumper):

@@ -174,7 +174,7 @@ def save_best(folder: Path, row: Mapping) -> dict[str, Path]:
     candidate = row_candidate(row)
     published = {name: row[name] for name in ("top1", "top5", "macs", "params", "latency_ms")
                  if _number(row.get(name))}
-    spec = candidate.spec.replace(published=published)
+    spec = candidate.spec.replace(published=published, options=dict(candidate.options))
     paths = {"best_spec.yaml": save_spec(spec, folder / "best_spec.yaml")}
     body = {"spec": spec.to_dict(), "frames": candidate.frames, "resolution": candidate.resolution,
             "frame_stride": candidate.frame_stride, "options": dict(candidate.options)}

@@ -55,3 +55,19 @@ def test_invalid_yaml_and_unknown_name():
         spec_from_yaml("blocks: [", source="bad.yaml")
     with pytest.raises(SpecError, match="unknown model 'a9'"):
         movinet.load_spec("a9")
+
+
+def test_spec_options_apply_in_every_mode_and_round_trip(tmp_path):
+    spec = movinet.load_spec("t0").replace(name="t0-no-se", options={"se_type": "none"})
+    path = movinet.save_spec(spec, tmp_path / "t0-no-se.yaml")
+    loaded = movinet.load_spec(path)
+    assert dump_spec(loaded) == path.read_text()
+    assert movinet.resolve_options(loaded, "base").se_type == "none"
+    assert movinet.resolve_options(loaded, "stream").se_type == "none"
+    assert movinet.resolve_options(loaded, "stream", se_type="2d").se_type == "2d"
+    assert movinet.cost(loaded, "base").params < movinet.cost("t0", "base").params
+
+
+def test_unknown_spec_option_is_named():
+    with pytest.raises(SpecError, match=r"s.yaml: options: unknown field\(s\) \['se_kind'\]"):
+        spec_from_yaml(_broken(lambda d: d.update(options={"se_kind": "none"})), source="s.yaml")
