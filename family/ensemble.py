@@ -3,7 +3,7 @@
     resolution ensemble (MoViNet-A6 = A4 + A5, README):
       video [B,T,H,W,3] -> resize each frame to r_k -> member k -> logits_k -> mean over k
 
-    temporal ensemble (MoViNets, arXiv 2103.11511, Sec. 3.4: models at 1/N of the frame rate on
+    temporal ensemble (MoViNets, arXiv 2103.11511: models at 1/N of the frame rate on
     interleaved frames):
       video [B,T,H,W,3] -> frames k, k+N, k+2N, ... -> member k -> logits_k -> mean over k
 
@@ -15,6 +15,7 @@ streaming chunk by chunk gives the logits of the whole clip.
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import keras
@@ -115,11 +116,16 @@ class Ensemble(keras.Model):
             shapes.update(self.prefixed(k, member.state_shapes(self.member_video_shape(k, video_shape))))
         return shapes
 
+    @functools.cached_property
+    def state_names(self) -> frozenset:
+        """The names of the stream states (they do not depend on the video's size)."""
+        return frozenset(self.state_shapes([1, 1, 32, 32, 3]))
+
     def check_state_names(self, states: Mapping) -> None:
         """Every member's states, and no others, must come in (members check their shapes)."""
         if self.mode != "stream":
             raise StateError(f"{self.name} is a base (non-causal) ensemble: it takes no stream states")
-        expected = set(self.state_shapes([1, 1, 32, 32, 3]))
+        expected = self.state_names
         missing, unexpected = sorted(expected - set(states)), sorted(set(states) - expected)
         if missing or unexpected:
             raise StateError(f"state dict does not fit {self.name}: missing {missing[:5]} ({len(missing)}), "

@@ -1,14 +1,14 @@
 """Compound scaling: one base search space and per-member coefficients -> a search space per member.
 
-MoViNets (arXiv 2103.11511, Sec. 3.1) search A0-A5 in copies of one base space scaled, as in
-EfficientNet, by depth, width, input resolution and frame rate, each copy with its own cost target.
+MoViNets (arXiv 2103.11511) search A0-A5 in copies of one base space scaled, as in EfficientNet,
+by depth, width, input resolution and frame rate, each copy with its own cost target.
 Here the base is a search space file (``search.space`` format) and a family file names the members::
 
     name: movinet                              # scaled spaces are called <name>_<member>
     base: {space: base_space.yaml, fps: 5}     # path relative to this file; frame rate of its clip
     members:
       a0:
-        coefficients: {depth: 0.6, width: 0.745, resolution: 0.768, frame_rate: 1.0}
+        coefficients: {depth: 0.6, width: 0.74, resolution: 0.768, frame_rate: 1.0}
         input: {frames: 50, resolution: 172, fps: 5}   # optional: checked against the scaled clip
         target: {spec: a0}                     # or {gmacs: 2.7} or {macs: 2.63e9}
 
@@ -21,6 +21,8 @@ Scaling one member (every rule in :func:`scale_space`)::
     frames, frame stride     f -> round(f * frame_rate), s -> max(1, round(s / frame_rate))
                                 (same clip duration, sampled frame_rate times as often)
     expand ratios, kernels, strides, the classifier's hidden width: unchanged
+    (round: to the nearest integer, halves up; a width that rounds below 8 or a depth below 1
+    is an error naming the member and the field, not a silent clamp)
 
 The target is the member's multiply-adds: those of a named spec on the member's clip (base mode, as
 published), or a number. The result is an ordinary search space that ``search.run_search`` runs.
@@ -166,7 +168,7 @@ def _check_input(r: _FamilyReader, family: Family, member: Member) -> None:
     scaled = {"frames": frames, "resolution": resolution,
               "fps": family.base_fps * member.coefficients.frame_rate}
     for key, stated in member.input.items():
-        if not math.isclose(stated, scaled[key], rel_tol=0.01):
+        if stated != scaled[key] and not (key == "fps" and math.isclose(stated, scaled[key], rel_tol=0.01)):
             r.fail(f"members.{member.name}.input.{key}",
                    f"{stated:g}, but the coefficients scale the base clip to {scaled[key]:g}")
 
@@ -180,8 +182,13 @@ def scale_width(width: int, coefficient: float, field: str) -> int:
     return make_divisible(value, 8)
 
 
+def _round(value: float) -> int:
+    """To the nearest integer, halves up (Python's round() sends halves to the even neighbour)."""
+    return math.floor(value + 0.5)
+
+
 def scale_depth(depth: int, coefficient: float, field: str) -> int:
-    scaled = math.floor(depth * coefficient + 0.5)
+    scaled = _round(depth * coefficient)
     if scaled < 1:
         raise FamilyError(f"{field}: depth coefficient {coefficient:g} scales {depth} layers to "
                           f"{depth * coefficient:.2f}, a depth below 1")
@@ -195,18 +202,14 @@ def scaled_clip(base: SearchSpace, c: Coefficients) -> tuple[int, int, int]:
 
 
 def _scaled_inputs(base: SearchSpace, c: Coefficients):
-    frames = _unique(max(1, round(f * c.frame_rate)) for f in base.frames)
-    resolution = _unique(max(1, round(r * c.resolution)) for r in base.resolution)
-    stride = _unique(max(1, round(s / c.frame_rate)) for s in base.frame_stride)
+    frames = _unique(max(1, _round(f * c.frame_rate)) for f in base.frames)
+    resolution = _unique(max(1, _round(r * c.resolution)) for r in base.resolution)
+    stride = _unique(max(1, _round(s / c.frame_rate)) for s in base.frame_stride)
     return frames, resolution, stride
 
 
 def _unique(values) -> tuple:
-    out = []
-    for value in values:
-        if value not in out:
-            out.append(value)
-    return tuple(out)
+    return tuple(dict.fromkeys(values))
 
 
 def target_macs(family: Family, member: Member) -> float:
