@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -105,7 +106,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], pat
                       color="white" if share[i, j] > 0.5 else "black", fontsize=8)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, 60), fontsize=9)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,10 @@ whole batch.
 The recipe follows the official Kinetics training (MoViNets, arXiv 2103.11511; yamls quoted in
 the reference, section 3.3): RMSprop (rho 0.9, momentum 0.9, epsilon 1.0), cosine decay after a
 linear warm-up, label smoothing 0.1, L2 weight decay 3e-5 (an L2 of half that on conv kernels),
-clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch (the
-official 1.8 is for 1024 clips).
+clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch; the
+official 1.8 is for 1024 clips over 85785 steps, while the default 0.1 suits the batches of 8-16
+and the few thousand steps of CPU runs (it reaches 90% on the synthetic set in 6 epochs of 64
+steps, where the linearly scaled 0.014 stays near chance).
 
 A run folder holds::
 
@@ -73,7 +75,7 @@ class TrainConfig:
 
     epochs: int = 10
     optimizer: str = "rmsprop"
-    learning_rate: float = 0.02
+    learning_rate: float = 0.1
     warmup_fraction: float = 0.05
     final_learning_rate_fraction: float = 0.0
     momentum: float = 0.9
@@ -443,6 +445,8 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     spec = load_spec(model_spec_or_name)
     run_dir = Path(run_dir)
     model_options = dict(model_options or {})
+    # Multi-worker collectives must be set up before TensorFlow runs anything else.
+    strategy = make_strategy(train_config.strategy, train_config.tpu_address)
     train_ds, val_ds, info = make_datasets(data_config)
     config = resolved_config(spec, mode, model_options, data_config, train_config)
     config["num_classes"] = info.num_classes
@@ -456,7 +460,6 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     keras.utils.set_random_seed(train_config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train_config.precision)
-    strategy = make_strategy(train_config.strategy, train_config.tpu_address)
     folder = _RunFolder(run_dir, is_chief(strategy))
     try:
         steps_per_epoch = train_config.steps_per_epoch or info.num_train // data_config.batch_size
