@@ -15,15 +15,19 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from family.ensemble import ResolutionEnsemble, TemporalEnsemble
 from family.scaling import FamilyError, _FamilyReader
-from movinet import checkpoints
 from movinet.cost import cost
-from movinet.model import build_model
 from movinet.spec import InputSpec, ModelSpec, SpecError, load_spec, named_specs
 
-KINDS = {"resolution": ResolutionEnsemble, "temporal": TemporalEnsemble}
+KINDS = {"resolution": "ResolutionEnsemble", "temporal": "TemporalEnsemble"}
 ENSEMBLE_FILE = "ensemble.yaml"
+
+
+def ensemble_class(kind: str):
+    """The Keras class of an ensemble kind (imported on use: listing needs no TensorFlow)."""
+    from family import ensemble
+
+    return getattr(ensemble, KINDS[kind])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +121,9 @@ def build(name: str, mode: str = "base", *, num_classes: int = 600,
       resolutions: an ensemble's member resolutions (default: each member's published one).
       **options: build options (movinet.options.ModelOptions fields) for every member.
     """
+    from movinet import checkpoints
+    from movinet.model import build_model
+
     entry = _entry(name, ensembles)
     if resolutions is not None and (entry is None or entry.kind != "resolution"):
         raise FamilyError(f"resolutions={list(resolutions)}: only a resolution ensemble has member resolutions; "
@@ -144,7 +151,7 @@ def build(name: str, mode: str = "base", *, num_classes: int = 600,
     extra = {}
     if entry.kind == "resolution":
         extra["resolutions"] = list(resolutions or [clip[1] for clip in member_clips(entry)])
-    return KINDS[entry.kind](members, list(entry.member_names), name=f"movinet_{name}_{mode}", **extra)
+    return ensemble_class(entry.kind)(members, list(entry.member_names), name=f"movinet_{name}_{mode}", **extra)
 
 
 def describe(name: str, mode: str = "base", ensembles: Mapping[str, EnsembleEntry] | None = None) -> dict:
@@ -188,6 +195,8 @@ def materialize(name: str, out_dir: "str | Path", mode: str = "base", **build_kw
 
 
 def save(model, out_dir: "str | Path") -> Path:
+    from movinet import checkpoints
+
     out_dir = Path(out_dir)
     if not hasattr(model, "members"):
         return checkpoints.save(model, out_dir)
@@ -196,7 +205,7 @@ def save(model, out_dir: "str | Path") -> Path:
     for member_name, member in zip(model.member_names, model.members):
         checkpoints.save(member, out_dir / member_name)
         members.append({"name": member_name, "path": member_name})
-    kind = next(kind for kind, cls in KINDS.items() if isinstance(model, cls))
+    kind = next(kind for kind in KINDS if isinstance(model, ensemble_class(kind)))
     description = {"name": model.name, "kind": kind, "mode": model.mode, "members": members}
     if kind == "resolution":
         description["resolutions"] = list(model.resolutions)
@@ -206,6 +215,8 @@ def save(model, out_dir: "str | Path") -> Path:
 
 def load(directory: "str | Path"):
     """A model written by :func:`materialize` / :func:`save`, weights loaded."""
+    from movinet import checkpoints
+
     directory = Path(directory)
     path = directory / ENSEMBLE_FILE
     if not path.exists():
@@ -234,4 +245,4 @@ def load(directory: "str | Path"):
     if data["kind"] == "resolution" and (not isinstance(resolutions, list) or len(resolutions) != len(members)):
         r.fail("resolutions", f"expected one resolution per member, got {resolutions!r}")
     extra = {"resolutions": resolutions} if data["kind"] == "resolution" else {}
-    return KINDS[data["kind"]](members, member_names, name=str(data["name"]), **extra)
+    return ensemble_class(data["kind"])(members, member_names, name=str(data["name"]), **extra)
