@@ -38,7 +38,7 @@ from typing import Mapping
 import yaml
 
 from movinet.cost import cost, make_divisible
-from movinet.spec import SpecError, _Reader, _SpecDumper, load_spec
+from movinet.spec import SpecError, SpecReader, SpecDumper, load_spec
 from search.space import BlockChoices, LayerChoices, SearchSpace, load_space, space_to_dict
 
 COEFFICIENTS = ("depth", "width", "resolution", "frame_rate")
@@ -87,7 +87,7 @@ def default_family_path() -> Path:
     return Path(__file__).resolve().parent.parent / "specs" / "family" / "coefficients.yaml"
 
 
-class _FamilyReader(_Reader):
+class _FamilyReader(SpecReader):
     def fail(self, path: str, message: str):
         raise FamilyError(f"{self.source}: {path}: {message}")
 
@@ -263,7 +263,7 @@ def write_spaces(family: Family, out_dir: "str | Path", members=None) -> dict[st
         path = out_dir / f"{name}.yaml"
         header = (f"# {family.name} family member {name}: {Path(family.base.source).name} scaled by "
                   f"{dataclasses.asdict(family.member(name).coefficients)}\n")
-        path.write_text(header + yaml.dump(_compact(space_to_dict(space)), Dumper=_SpecDumper, sort_keys=False,
+        path.write_text(header + yaml.dump(_compact(space_to_dict(space)), Dumper=SpecDumper, sort_keys=False,
                                            width=120))
         written[name] = path
     return written

@@ -132,7 +132,7 @@ class ModelSpec:
 STREAM_KEYS = ("use_positional_encoding", "classifier_activation")
 
 
-class _Reader:
+class SpecReader:
     """Validates a nested mapping, naming the source and the field path in every error."""
 
     def __init__(self, source: str):
@@ -168,7 +168,7 @@ class _Reader:
 
 def spec_from_dict(data: Mapping, source: str = "<spec>") -> ModelSpec:
     """Builds a validated ModelSpec; raises SpecError naming ``source`` and the field path."""
-    r = _Reader(source)
+    r = SpecReader(source)
     r.mapping(data, "", ("name", "stem", "blocks", "head"), ("input", "stream", "options", "published"))
     name = data["name"]
     if not isinstance(name, str) or not name:
@@ -238,7 +238,7 @@ def _option_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ModelOptions) if f.name != "num_classes")
 
 
-class _SpecDumper(yaml.SafeDumper):
+class SpecDumper(yaml.SafeDumper):
     pass
 
 
@@ -253,13 +253,13 @@ def _represent_dict(dumper, value):
     return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=flow)
 
 
-_SpecDumper.add_representer(list, _represent_list)
-_SpecDumper.add_representer(dict, _represent_dict)
+SpecDumper.add_representer(list, _represent_list)
+SpecDumper.add_representer(dict, _represent_dict)
 
 
 def dump_spec(spec: ModelSpec) -> str:
     """The canonical YAML text of a spec (the form the files under specs/ are written in)."""
-    return yaml.dump(spec.to_dict(), Dumper=_SpecDumper, sort_keys=False, width=120)
+    return yaml.dump(spec.to_dict(), Dumper=SpecDumper, sort_keys=False, width=120)
 
 
 def spec_from_yaml(text: str, source: str = "<yaml>") -> ModelSpec:

@@ -48,7 +48,7 @@ import yaml
 
 from movinet.cost import make_divisible
 from movinet.options import ModelOptions
-from movinet.spec import ModelSpec, SpecError, Triple, _Reader
+from movinet.spec import ModelSpec, SpecError, Triple, SpecReader
 
 ALGORITHMS = ("random", "grid", "tpe", "multi_objective")
 SCHEDULERS = ("asha", "none")
@@ -236,7 +236,7 @@ def _volume(kernel: Triple) -> int:
     return kernel[0] * kernel[1] * kernel[2]
 
 
-class _SpaceReader(_Reader):
+class _SpaceReader(SpecReader):
     def fail(self, path: str, message: str):
         raise SpaceError(f"{self.source}: {path}: {message}")
 
