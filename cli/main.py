@@ -16,7 +16,8 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="movinet", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="movinet", description="Build, stream, train, export and search MoViNet video networks.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
