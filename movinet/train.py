@@ -447,6 +447,8 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     model_options = dict(model_options or {})
     # Multi-worker collectives must be set up before TensorFlow runs anything else.
     strategy = make_strategy(train_config.strategy, train_config.tpu_address)
+    # Before the datasets: tf.data derives its shuffle and random seeds from TF's global seed too.
+    keras.utils.set_random_seed(train_config.seed)
     train_ds, val_ds, info = make_datasets(data_config)
     config = resolved_config(spec, mode, model_options, data_config, train_config)
     config["num_classes"] = info.num_classes
@@ -457,7 +459,6 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
             raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
                              "give a new run folder to start another run")
 
-    keras.utils.set_random_seed(train_config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train_config.precision)
     folder = _RunFolder(run_dir, is_chief(strategy))

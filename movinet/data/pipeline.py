@@ -7,9 +7,10 @@ the official recipe) and, where it does not change the label, a horizontal flip;
 are the centre clip and the centre crop. Videos are uint8 until the last step, which yields
 float32 RGB in [0, 1], the input range of MoViNets (no mean/std normalisation).
 
-Randomness is stateless and seeded per element from ``DataConfig.seed``, so a pipeline gives the
-same batches in every process (needed to compare distribution strategies) and different
-augmentations in every epoch.
+Randomness is stateless and seeded per element from ``DataConfig.seed`` and, as tf.data combines
+every op seed with it, TF's global seed (``tf.random.set_seed``; ``movinet.train`` sets it). With
+both fixed a pipeline gives the same batches in every process, and different augmentations and
+orders in every epoch.
 """
 
 from __future__ import annotations

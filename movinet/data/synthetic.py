@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 
 SHAPES = ("disk", "square")
 SIZE_RANGE = (0.08, 0.16)     # shape radius as a fraction of the resolution
-SPEED_RANGE = (0.04, 0.08)    # displacement per frame as a fraction of the resolution
+SPEED_RANGE = (0.06, 0.12)    # displacement per frame as a fraction of the resolution
 BACKGROUND_RANGE = (0.0, 0.35)
 FOREGROUND_RANGE = (0.6, 1.0)
 NOISE_STD = 0.08

