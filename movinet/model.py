@@ -38,13 +38,16 @@ class MovinetClassifier(keras.Model):
         settings = ConvSettings.from_options(options)
         self.stem = ConvNorm(spec.stem.filters, spec.stem.kernel[1:], spec.stem.stride[1],
                              activation=options.activation, settings=settings, name="stem")
-        self.blocks = []
+        blocks = []
         for index, (b, l, cin, cout, layer) in enumerate(spec.iter_layers(), start=1):
             drop_rate = options.stochastic_depth_drop_rate * index / spec.num_layers
-            self.blocks.append(Bottleneck(
-                cin, cout, layer.expand, layer.kernel, layer.stride[1], options,
-                se_hidden(layer.expand, options), drop_rate, f"state_block{b}_layer{l}",
-                name=f"block{b}_layer{l}"))
+            block = Bottleneck(cin, cout, layer.expand, layer.kernel, layer.stride[1], options,
+                               se_hidden(layer.expand, options), drop_rate, f"state_block{b}_layer{l}",
+                               name=f"block{b}_layer{l}")
+            # As attributes too: tf.train.Checkpoint and tf.saved_model do not walk Keras lists.
+            setattr(self, block.name, block)
+            blocks.append(block)
+        self.blocks = blocks
         self.head = Head(spec.head.project_filters, options, name="head")
         self.classifier = Classifier(spec.head.head_filters, options.num_classes, options.classifier_activation,
                                      options.dropout_rate, settings=settings, name="classifier_head")

@@ -123,3 +123,17 @@ def test_own_checkpoint_rebuilds_its_model(tmp_path):
     assert restored.options == model.options and restored.spec == model.spec
     clip = np.random.default_rng(26).random((1, 3, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(restored(clip).numpy(), model(clip).numpy(), atol=1e-6)
+
+
+def test_tf_train_checkpoint_of_the_model_object_holds_every_variable(tmp_path):
+    """TF-native checkpointing (tf.train.Checkpoint, SavedModel) must see the block layers."""
+    import tensorflow as tf
+
+    model = randomize_weights(movinet.build_model("t0", "stream", num_classes=3), seed=27)
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    saved = [k for k in tf.train.load_checkpoint(prefix).get_variable_to_shape_map() if "VARIABLE_VALUE" in k]
+    assert len(saved) == len(model.weights)
+    restored = movinet.build_model("t0", "stream", num_classes=3)
+    tf.train.Checkpoint(model=restored).read(prefix).assert_existing_objects_matched()
+    clip = np.random.default_rng(28).random((1, 3, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(restored(clip).numpy(), model(clip).numpy(), atol=1e-6)
