@@ -92,9 +92,12 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
 
 
 def peak_rss_mib(kind: str, frames: int) -> float:
-    """Peak resident memory of a fresh process streaming (or running base on) ``frames`` frames."""
+    """Peak resident memory of a fresh process streaming (or running base on) ``frames`` frames.
+
+    VmHWM of the new process image: ru_maxrss would carry the parent's peak across fork/exec.
+    """
     code = f"""
-import resource, tensorflow as tf, movinet
+import re, tensorflow as tf, movinet
 kind, frames, res = {kind!r}, {frames}, 172
 if kind == "stream":
     model = movinet.build_model("a0", "stream")
@@ -106,7 +109,8 @@ if kind == "stream":
 else:
     model = movinet.build_model("a0", "base")
     model(tf.random.uniform([1, frames, res, res, 3])).numpy()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
