@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import av
 import numpy as np
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -26,3 +27,20 @@ def randomize_weights(model, seed: int = 0):
             value = rng.normal(0.0, 0.1, shape)
         variable.assign(value.astype("float32"))
     return model
+
+
+CODECS = {".mp4": ("mpeg4", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": ("libvpx", "yuv420p"),
+          ".mkv": ("ffv1", "yuv420p")}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension."""
+    codec, pixel_format = CODECS[path.suffix]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -3,33 +3,16 @@
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from movinet.data import DataConfig, DataError, SkippedVideoWarning, make_datasets, synthetic_motion
 from movinet.data import tfrecord, video
+from tests.helpers import CODECS, write_video
 
 tf.config.threading.set_inter_op_parallelism_threads(2)
 tf.config.threading.set_intra_op_parallelism_threads(2)
-
-CODECS = {".mp4": ("mpeg4", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": ("libvpx", "yuv420p"),
-          ".mkv": ("ffv1", "yuv420p")}
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
-    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension."""
-    codec, pixel_format = CODECS[path.suffix]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
 
 def counting_frames(count: int, height: int = 32, width: int = 48) -> np.ndarray:
     """Frame i is uniformly grey at level 8 * i, so a decoded frame tells its source index."""

@@ -200,7 +200,7 @@ RELOAD = textwrap.dedent("""
 @pytest.mark.slow
 def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     from movinet.predict import read_video
-    from tests.movinet.test_predict import write_video
+    from tests.helpers import write_video
 
     stream = random_model(TINY_SPEC)
     base = random_model(TINY_SPEC, "base")

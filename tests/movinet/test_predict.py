@@ -3,29 +3,13 @@
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from cli.main import main
 from movinet import checkpoints, export, predict
+from tests.helpers import CODECS, write_video
 from tests.movinet.test_export import RESOLUTION, TINY_SPEC, clips, random_model
-
-CODECS = {".mp4": ("mpeg4", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": ("libvpx", "yuv420p"),
-          ".mkv": ("ffv1", "yuv420p")}
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
-    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension."""
-    codec, pixel_format = CODECS[path.suffix]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
 
 def motion_video(path: Path, frames: int = 16, fps: int = 10) -> Path:
     return write_video(path, (clips(1, frames=frames)[0] * 255).astype(np.uint8), fps)
@@ -49,7 +33,7 @@ def saved_models(tmp_path_factory):
 def test_read_video_in_every_container(tmp_path, suffix):
     levels = np.arange(10, dtype=np.uint8) * 20
     frames = np.broadcast_to(levels[:, None, None, None], (10, 24, 32, 3)).copy()
-    video = predict.read_video(write_video(tmp_path / f"grey{suffix}", frames), resolution=16)
+    video = predict.read_video(write_video(tmp_path / f"grey{suffix}", frames, fps=10), resolution=16)
     assert video.shape == (10, 16, 16, 3) and video.dtype == np.float32
     np.testing.assert_allclose(video.mean(axis=(1, 2, 3)), levels / 255.0, atol=0.03)
 
