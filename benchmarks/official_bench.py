@@ -56,14 +56,14 @@ def main(what):
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function
-    def step():
+    def train_step():
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, model(clips, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    return {"clips_per_s": 8 / timed(lambda: step().numpy(), 2, warmup=1)}
+    return {"clips_per_s": 8 / timed(lambda: train_step().numpy(), 2, warmup=1)}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Compound scaling: every published model lies in its scaled space, targets, rules, bad files."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from movinet import checkpoints, export, predict
+from movinet import checkpoints, predict
 from tests.helpers import CODECS, write_video
 from tests.movinet.test_export import RESOLUTION, TINY_SPEC, clips, random_model
 
