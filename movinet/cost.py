@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
-from typing import NamedTuple
+from math import prod
+from typing import Any, Mapping, NamedTuple
 
 from movinet.options import ModelOptions, resolve_options
 from movinet.spec import ModelSpec, load_spec
@@ -38,6 +39,44 @@ def _se_hidden(expand: int, se_ratio: float, doubled: bool) -> int:
 def downsampled(size: int, stride: int) -> int:
     """Output size of a TF 'SAME' convolution or pooling."""
     return -(-size // stride)
+
+
+def _stream_buffer(kt: int, expand: int, h: int, w: int, ho: int, wo: int,
+                   separable: bool) -> tuple[int, int, int, int]:
+    """Frames, height, width and channels of the input a causal depthwise conv keeps between calls.
+
+    The last kt - 1 frames: in (2+1)D the temporal conv follows the strided spatial one, so they are
+    ``ho`` x ``wo``; a 3D conv keeps its ``h`` x ``w`` input.
+    """
+    return (kt - 1, ho, wo, expand) if separable else (kt - 1, h, w, expand)
+
+
+@lru_cache(maxsize=1024)
+def _layer_names(block: int, depth: int) -> tuple[str, ...]:
+    return tuple(f"block{block}_layer{layer}" for layer in range(depth))
+
+
+_resolved: dict[tuple, ModelOptions] = {}
+
+
+def _resolve_options(spec: ModelSpec, mode: str, overrides: Mapping[str, Any]) -> ModelOptions:
+    """``resolve_options``, remembered: a search scores thousands of specs under the same few settings.
+
+    The key is everything ``resolve_options`` reads: the mode, the spec's ``stream`` and ``options``
+    and the overrides, each value with its type, so that ``1``, ``1.0`` and ``True`` resolve (and
+    fail) on their own.
+    """
+    key = (mode, *(tuple((name, type(value), value) for name, value in settings.items())
+                   for settings in (spec.stream, spec.options, overrides)))
+    try:
+        return _resolved[key]
+    except KeyError:
+        if len(_resolved) >= 1024:
+            _resolved.clear()
+        options = _resolved[key] = resolve_options(spec, mode, **overrides)
+        return options
+    except TypeError:                                  # an unhashable value: resolve it every time
+        return resolve_options(spec, mode, **overrides)
 
 
 class LayerCost(NamedTuple):
@@ -97,7 +136,7 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
       options: fully resolved build options; else ``overrides`` on top of ``mode``'s defaults.
     """
     spec = load_spec(spec)
-    options = options or resolve_options(spec, mode, **overrides)
+    options = options or _resolve_options(spec, mode, overrides)
     if frames is None or resolution is None:
         if spec.input is None:
             raise ValueError(f"spec {spec.name!r} has no published input: give frames and resolution")
@@ -119,61 +158,56 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
     separable = options.separable
     has_se = se_type != "none"
     se_doubled = se_type == "2plus3d"
+    se_fan = 3 if se_doubled else 2        # weights per (e, hidden): squeeze e (2plus3d: 2e), excite e
     se_positions = 1 if (se_type == "3d" and not causal) else t
     pe_params = int(options.positional_encoding and has_se)
     pool_state = causal and "3d" in se_type
     se_ratio = options.se_ratio
-    for b, l, cin, cout, layer in spec.iter_layers():
-        e = layer.expand
-        kt, kh, kw = layer.kernel
-        stride = layer.stride[1]
-        ho, wo = downsampled(h, stride), downsampled(w, stride)
-        bn_e, stats_e = 4 * e, 2 * e
-        bn_o, stats_o = 4 * cout, 2 * cout
-        params = cin * e + bn_e                                   # expansion
-        stats = stats_e
-        macs = t * h * w * cin * e
-        if separable:
-            params += kh * kw * e + bn_e
-            stats += stats_e
-            macs += t * ho * wo * e * kh * kw
-            if kt > 1:
-                params += kt * e + bn_e
-                stats += stats_e
-                macs += t * ho * wo * e * kt
-        else:
-            params += kt * kh * kw * e + bn_e
-            stats += stats_e
-            macs += t * ho * wo * e * kt * kh * kw
-        if has_se:
-            se_in = 2 * e if se_doubled else e
-            hidden = _se_hidden(e, se_ratio, se_doubled)
-            params += se_in * hidden + hidden + hidden * e + e + pe_params
-            macs += se_positions * (se_in * hidden + hidden * e)
-        params += e * cout + bn_o + 1                             # projection, ReZero scale
-        stats += stats_o
-        macs += t * ho * wo * e * cout
-        if cin != cout or stride > 1:                             # skip projection
-            params += cin * cout + bn_o
-            stats += stats_o
-            macs += t * ho * wo * cin * cout
-        state = counters = 0
-        if causal:
-            if kt > 1:
-                state += (kt - 1) * (ho * wo if separable else h * w) * e
-            if pool_state:
-                state += e
-                counters += 1
-            counters += pe_params
-        layers.append(LayerCost(f"block{b}_layer{l}", (t, ho, wo, cout), params, stats, macs, state,
-                                counters))
-        h, w = ho, wo
+    cin = stem.filters
+    pixels_in = t * h * w
+    for b, block in enumerate(spec.blocks):
+        cout = block.filters
+        for name, layer in zip(_layer_names(b, len(block.layers)), block.layers):
+            e = layer.expand
+            kt, kh, kw = layer.kernel
+            stride = layer.stride[1]
+            ho, wo = (downsampled(h, stride), downsampled(w, stride)) if stride > 1 else (h, w)
+            pixels = t * ho * wo
+            if separable and kt > 1:                   # (2+1)D: spatial then temporal depthwise
+                taps, norms = kh * kw + kt, 3          # BNs after expansion, spatial and temporal
+            else:
+                taps, norms = kt * kh * kw, 2          # BNs after expansion and depthwise
+            # expansion, depthwise and projection convs, their BNs (4 weights per channel, 2 of them
+            # moving statistics) and the ReZero scale
+            params = (cin + taps + cout + 4 * norms) * e + 4 * cout + 1
+            stats = 2 * norms * e + 2 * cout
+            macs = (pixels_in * cin + pixels * (taps + cout)) * e
+            if has_se:
+                hidden = _se_hidden(e, se_ratio, se_doubled)
+                se_weights = se_fan * e * hidden
+                params += se_weights + hidden + e + pe_params
+                macs += se_positions * se_weights
+            if cin != cout or stride > 1:              # skip projection
+                params += cin * cout + 4 * cout
+                stats += 2 * cout
+                macs += pixels * cin * cout
+            state = counters = 0
+            if causal:
+                if kt > 1:
+                    state = prod(_stream_buffer(kt, e, h, w, ho, wo, separable))
+                if pool_state:
+                    state += e
+                    counters = 1
+                counters += pe_params
+            # tuple.__new__ skips LayerCost's generated __new__, halving the time to build it
+            layers.append(tuple.__new__(LayerCost, (name, (t, ho, wo, cout), params, stats, macs, state,
+                                                    counters)))
+            h, w, cin, pixels_in = ho, wo, cout, pixels
 
     project = spec.head.project_filters
     params, stats = 4 * project, 2 * project
-    last = spec.blocks[-1].filters
-    layers.append(LayerCost("head", (1, 1, 1, project), last * project + params, stats,
-                            t * h * w * last * project, project if causal else 0, int(causal)))
+    layers.append(LayerCost("head", (1, 1, 1, project), cin * project + params, stats,
+                            t * h * w * cin * project, project if causal else 0, int(causal)))
     hidden, classes = spec.head.head_filters, options.num_classes
     layers.append(LayerCost("classifier_head", (1, 1, 1, hidden), project * hidden + hidden, 0,
                             project * hidden, 0))
@@ -196,8 +230,8 @@ def state_shapes(spec: "ModelSpec | str", options: ModelOptions, batch: int, hei
         ho, wo = downsampled(h, stride), downsampled(w, stride)
         e, kt = layer.expand, layer.kernel[0]
         if kt > 1:
-            bh, bw = (ho, wo) if options.separable else (h, w)
-            shapes[f"{prefix}_stream_buffer"] = ((batch, kt - 1, bh, bw, e), "float32")
+            buffer = _stream_buffer(kt, e, h, w, ho, wo, options.separable)
+            shapes[f"{prefix}_stream_buffer"] = ((batch, *buffer), "float32")
         if "3d" in options.se_type:
             shapes[f"{prefix}_pool_buffer"] = ((batch, 1, 1, 1, e), "float32")
             shapes[f"{prefix}_pool_frame_count"] = ((1,), "int32")

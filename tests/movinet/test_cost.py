@@ -1,9 +1,11 @@
 """The cost model against the official parameter counts and the reference multiply-adds."""
 
+import math
+
 import pytest
 
 import movinet
-from movinet.cost import make_divisible
+from movinet.cost import LayerCost, make_divisible
 
 # Official count_params() with 600 classes (tf-models-official 2.20, BN statistics included).
 BASE_PARAMS = {"a0": 3_126_071, "a1": 4_717_912, "a2": 5_280_922, "a3": 7_443_289, "a4": 11_422_727,
@@ -50,3 +52,27 @@ def test_macs_scale_with_clip_and_state_does_not():
     assert many.macs - classifier == 50 * (one.macs - classifier)
     assert many.state_bytes == one.state_bytes
     assert one.state_elements == 674_192          # reference inventory, a0 at 172
+
+
+@pytest.mark.parametrize("conv_type", ["2plus1d", "3d_2plus1d", "3d"])
+@pytest.mark.parametrize("name", sorted(STREAM_PARAMS))
+def test_state_size_matches_state_shapes(name, conv_type):
+    """cost() counts exactly the stream states state_shapes() names (pre-stride buffers in 3D)."""
+    result = movinet.cost(name, "stream", frames=8, resolution=(100, 76), conv_type=conv_type)
+    shapes = movinet.state_shapes(name, result.options, 1, 100, 76).values()
+    assert result.state_elements == sum(math.prod(shape) for shape, dtype in shapes if dtype == "float32")
+    assert sum(layer.state_counters for layer in result.layers) == sum(dtype == "int32" for _, dtype in shapes)
+    assert all(len(layer) == len(LayerCost._fields) for layer in result.layers)
+
+
+def test_options_resolve_from_each_call_settings():
+    """Remembered options still follow the spec's own stream/options fields and each value's type."""
+    spec = movinet.load_spec("a0")
+    in_stream = spec.replace(stream={**spec.stream, "se_type": "none"})
+    in_options = spec.replace(options={"se_type": "none"})
+    for s in (spec, in_stream, in_options, spec):
+        for mode in ("base", "stream"):
+            assert movinet.cost(s, mode).options == movinet.resolve_options(s, mode)
+    assert movinet.cost(spec, "base", num_classes=1).options.num_classes == 1
+    with pytest.raises(ValueError, match="num_classes"):
+        movinet.cost(spec, "base", num_classes=True)
