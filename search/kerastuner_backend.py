@@ -8,6 +8,7 @@ backend, so the cost filter, the algorithms and resuming behave the same.
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable
 
 import keras_tuner
@@ -82,10 +83,15 @@ class SpaceTuner(BaseTuner):
 
 
 def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn, *, remaining: int,
-        done: int, total: int, echo: Callable[[str], None] = print) -> None:
-    """Runs up to ``remaining`` new trials in this process; results land in ``ledger``."""
+        done: int, total: int, echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Runs up to ``remaining`` new trials in this process; results land in ``ledger``.
+
+    Returns the seconds it took, as {"trials": ...}.
+    """
+    began = time.monotonic()
     metric = "top1" if space.settings.algorithm == "multi_objective" else space.objective.metric
     oracle = SamplerOracle(sampler, remaining, metric)
     oracle.verbose = 0
     tuner = SpaceTuner(oracle, trial_fn, space, ledger, total, done, echo)
     tuner.search()
+    return {"trials": time.monotonic() - began}

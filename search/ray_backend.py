@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -168,10 +169,15 @@ def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
 
 def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn, *, remaining: int,
         done: int, total: int, address: str | None = None, num_cpus: int | None = None,
-        echo: Callable[[str], None] = print) -> None:
-    """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``."""
+        echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``.
+
+    Returns the seconds of its phases: {"ray_start": ..., "trials": ..., "ray_stop": ...}.
+    """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # no result boxes: progress lines come from the callback
+    began = time.monotonic()
     started = connect(address, num_cpus)
+    timings = {"ray_start": time.monotonic() - began}
     quiet = [logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:   # failed trials are reported once, by the ledger callback, not as tracebacks
@@ -203,5 +209,9 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
+        stopping = time.monotonic()
+        timings["trials"] = stopping - began - timings["ray_start"]
         if started:
             ray.shutdown()
+        timings["ray_stop"] = time.monotonic() - stopping
+    return timings

@@ -5,7 +5,8 @@
     ledger.jsonl        one line per finished trial, appended as it ends (what --resume reads)
     state.json          counters of the search (candidates rejected by the cost filter, ...)
     space.yaml          the space searched (a resumed search must search the same one)
-    trials.csv/.parquet one row per trial: metrics, status, error, spec YAML, where it ran
+    trials.csv/.parquet one row per trial: metrics, status, error, spec YAML, where it ran, when it
+                        began and where its time went (fit_seconds: training and evaluation)
     pareto.csv/.png     the front of top-1 against multiply-adds
     best_spec.yaml      the best candidate's spec (movinet.spec.load_spec reads it)
     best_candidate.yaml that spec with its clip and build options
@@ -26,7 +27,8 @@ from search.candidate import Candidate
 from search.space import Objective
 
 OK, STOPPED, FAILED = "ok", "stopped", "failed"   # ran its budget / stopped early by ASHA / raised
-METRICS = ("top1", "top5", "loss", "macs", "params", "latency_ms", "reward", "epoch", "seconds")
+METRICS = ("top1", "top5", "loss", "macs", "params", "latency_ms", "reward", "epoch", "started_at", "seconds",
+           "fit_seconds", "import_seconds", "probe_seconds")
 COLUMNS = ("trial", "key", "status", "error", *METRICS, "frames", "resolution", "frame_stride",
            "options", "point", "spec", "node_id", "hostname", "pid", "backend")
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,10 +26,14 @@ class SearchError(RuntimeError):
 
 @dataclasses.dataclass
 class SearchResult:
+    """What a search wrote, and ``timings``: the seconds of its phases in order, ``prepare`` (checks,
+    sampler), the backend's (``ray_start``, ``trials``, ``ray_stop`` on Ray), then ``results``."""
+
     folder: Path
     rows: list[dict]
     rejected: int
     written: dict[str, Path]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def best(self) -> Path | None:
@@ -64,6 +69,7 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
       num_cpus: CPUs of the local Ray (default: all).
       trial_fn: the trial contract (``search.trial``); default trains with ``movinet.train``.
     """
+    began = time.monotonic()
     if backend not in BACKENDS:
         raise SearchError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
     if address is not None and backend != "ray":
@@ -93,24 +99,25 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     echo(f"search {space.name}: {space.size():,} points, about {acceptance:.0%} of them within "
          f"{low / 1e6:.2f}M-{high / 1e6:.2f}M multiply-adds; {space.settings.algorithm} on {backend}, "
          f"{remaining} of {total} trials to run" + (f" ({len(rows)} already finished)" if rows else ""))
+    if backend == "ray":
+        from search import ray_backend as backend_module
+    else:
+        from search import kerastuner_backend as backend_module
+    timings = {"prepare": time.monotonic() - began}
     if remaining > 0:
-        run_kwargs = dict(remaining=remaining, done=len(rows), total=total, echo=echo)
-        if backend == "ray":
-            from search import ray_backend
+        cluster = {"address": address, "num_cpus": num_cpus} if backend == "ray" else {}
+        timings.update(backend_module.run(space, sampler, ledger, trial_fn, remaining=remaining, done=len(rows),
+                                          total=total, echo=echo, **cluster))
 
-            ray_backend.run(space, sampler, ledger, trial_fn, address=address, num_cpus=num_cpus, **run_kwargs)
-        else:
-            from search import kerastuner_backend
-
-            kerastuner_backend.run(space, sampler, ledger, trial_fn, **run_kwargs)
-
+    writing = time.monotonic()
     rows = ledger.rows()
     written = write_results(folder, rows, space.objective)
+    timings["results"] = time.monotonic() - writing
     echo(summary_table(rows, space.objective, sampler.rejected))
     if "best_spec.yaml" in written:
         echo(f"best spec: {written['best_spec.yaml']}")
     echo(f"results: {folder}")
-    return SearchResult(folder=folder, rows=rows, rejected=sampler.rejected, written=written)
+    return SearchResult(folder=folder, rows=rows, rejected=sampler.rejected, written=written, timings=timings)
 
 
 def _check_folder(folder: Path, space: SearchSpace, rows: list[dict], resume: bool) -> None:

@@ -8,6 +8,7 @@ fields); this module only adapts the search's trial contract (``search.trial``) 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Mapping
 
 from search.candidate import MODE, Candidate
@@ -27,7 +28,16 @@ def data_config(space: SearchSpace, candidate: Candidate):
 
 
 def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) -> dict:
-    """The trial contract with the real trainer (see ``search.trial``)."""
+    """The trial contract with the real trainer (see ``search.trial``).
+
+    Besides the metrics, every report says where the trial's time went: ``import_seconds``
+    (importing TensorFlow, Keras and the model code, which the first trial of a process pays,
+    and clearing the previous trial's Keras state),
+    ``probe_seconds`` (building the stream model and timing it per frame) and ``fit_seconds``
+    (the trainer's own time of its epochs: training steps, data loading included, then the
+    validation pass; the first step traces the training function, so tracing counts here).
+    """
+    began = time.monotonic()
     hold_threads(space.settings.cpus)
     import keras
 
@@ -35,17 +45,21 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
     from movinet.train import train_candidate
 
     keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
+    imported = time.monotonic()
 
     model = build_model(candidate.spec, MODE, num_classes=space.num_classes, **candidate.options)
     latency_ms = stream_latency_ms(model, candidate.resolution)
     del model
+    timing = {"import_seconds": imported - began, "probe_seconds": time.monotonic() - imported,
+              "fit_seconds": 0.0}
 
     def on_epoch(metrics: Mapping) -> None:
-        report({**{k: metrics[k] for k in REPORTED if k in metrics}, "latency_ms": latency_ms})
+        timing["fit_seconds"] += metrics["seconds"]
+        report({**{k: metrics[k] for k in REPORTED if k in metrics}, "latency_ms": latency_ms, **timing})
 
     result = train_candidate(candidate.spec, MODE, data_config(space, candidate), space.budget,
                              model_options=candidate.options, report=on_epoch)
-    return {**{k: result[k] for k in REPORTED if k in result}, "latency_ms": latency_ms}
+    return {**{k: result[k] for k in REPORTED if k in result}, "latency_ms": latency_ms, **timing}
 
 
 def check_training_sections(space: SearchSpace) -> SearchSpace:

@@ -3,9 +3,11 @@
 A trial function is ``trial_fn(candidate, space, report) -> metrics``. It builds the candidate
 in stream mode, trains it on ``space.data`` within ``space.budget``, calls ``report(metrics)``
 after every epoch (schedulers such as ASHA stop trials on these) and returns the final metrics:
-``top1`` (required), ``top5``, ``loss``, ``latency_ms``, ``epoch``. ``run_trial`` completes each
-report with the candidate's multiply-adds, parameters and TuNAS reward, so every trial function
-is scored the same way.
+``top1`` (required), ``top5``, ``loss``, ``latency_ms``, ``epoch``, and optionally where its time
+went (``fit_seconds``, ``import_seconds``, ``probe_seconds``; see ``search.training``). ``run_trial``
+completes each report with the candidate's multiply-adds, parameters and TuNAS reward, so every
+trial function is scored the same way, and with when the trial began (``started_at``, Unix time)
+and its wall time so far (``seconds``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ TrialFn = Callable[[Candidate, SearchSpace, Report], Mapping]
 
 def run_trial(trial_fn: TrialFn, candidate: Candidate, space: SearchSpace, report: Report) -> dict:
     """Runs ``trial_fn`` on ``candidate``; every report and the result carry cost and reward."""
-    cost = candidate.cost(space.num_classes)
+    started_at = time.time()
     started = time.monotonic()
+    cost = candidate.cost(space.num_classes)
     reported: list[Mapping] = []
 
     def complete(metrics: Mapping) -> dict:
@@ -32,6 +35,7 @@ def run_trial(trial_fn: TrialFn, candidate: Candidate, space: SearchSpace, repor
             raise ValueError(f"the trial function reported {sorted(metrics)}: top1 is required")
         row = {**metrics, "macs": cost.macs, "params": cost.params}
         row["reward"] = space.objective.reward(float(row["top1"]), row["macs"])
+        row["started_at"] = started_at
         row["seconds"] = time.monotonic() - started
         return row
 

@@ -62,8 +62,14 @@ def test_every_algorithm_and_backend_keeps_the_contract(backend, algorithm, tmp_
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
     space = load_space(TINY)
+    began = time.monotonic()
     result = run_search(TINY, backend=backend, algorithm=algorithm, num_trials=5, output_dir=tmp_path,
                         trial_fn=fakes.quick_trial, echo=quiet)
+    wall = time.monotonic() - began
+    phases = ["prepare", "ray_start", "trials", "ray_stop", "results"] if backend == "ray" else \
+        ["prepare", "trials", "results"]
+    assert list(result.timings) == phases and min(result.timings.values()) >= 0
+    assert sum(result.timings.values()) <= wall
     rows = result.rows
     assert len(rows) == 5 and len({row["key"] for row in rows}) == 5
     assert all(row["status"] == OK and row["error"] is None for row in rows)
@@ -177,10 +183,17 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
 def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path):
     path = space_file(tmp_path, data={"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4},
                       budget={"epochs": 1, "verbose": 0})
+    began = time.time()
     result = run_search(path, backend="kerastuner", num_trials=1, output_dir=tmp_path / "out", echo=quiet)
     (row,) = result.rows
     assert row["status"] == OK, row["error"]
     assert 0.0 <= row["top1"] <= row["top5"] <= 1.0 and row["epoch"] == 1
     assert row["latency_ms"] > 0 and row["loss"] > 0
+    # where the trial's time went, recorded by the trial and kept in the table
+    assert began <= row["started_at"] <= time.time()
+    assert row["fit_seconds"] > 0 and row["probe_seconds"] > 0 and row["import_seconds"] >= 0
+    assert row["fit_seconds"] + row["probe_seconds"] + row["import_seconds"] <= row["seconds"]
+    table = pd.read_csv(result.folder / "trials.csv")
+    assert table.loc[0, "fit_seconds"] == pytest.approx(row["fit_seconds"])
     candidate = decode(load_space(path), json.loads(row["point"]))
     assert row["params"] == candidate.cost(4).params
