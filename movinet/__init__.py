@@ -15,7 +15,8 @@ from movinet.options import ModelOptions, resolve_options  # noqa: E402
 from movinet.spec import (ModelSpec, SpecError, dump_spec, load_spec, named_specs,  # noqa: E402
                           save_spec, spec_from_yaml)
 
-_LAZY = {"MovinetClassifier": "movinet.model", "StateError": "movinet.model", "build_model": "movinet.model"}
+_LAZY = {"MovinetClassifier": "movinet.model", "StateError": "movinet.model", "build_model": "movinet.model",
+         "fold_batch_norm": "movinet.model", "FoldedError": "movinet.layers"}
 
 
 def __getattr__(name):
@@ -24,6 +25,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'movinet' has no attribute {name!r}")
 
 
-__all__ = ["MovinetClassifier", "ModelOptions", "ModelSpec", "SpecError", "StateError", "build_model",
-           "cost", "dump_spec", "format_table", "load_spec", "named_specs", "resolve_options",
+__all__ = ["FoldedError", "MovinetClassifier", "ModelOptions", "ModelSpec", "SpecError", "StateError",
+           "build_model", "cost", "fold_batch_norm", "dump_spec", "format_table", "load_spec", "named_specs", "resolve_options",
            "save_spec", "spec_from_yaml", "state_shapes"]

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import movinet
+from movinet.layers import BatchNorm, ConvNorm, FeatureConv
 from movinet.model import StateError
 from tests.helpers import FIXTURES, randomize_weights
 
@@ -173,3 +174,45 @@ def test_regularizers_follow_the_official_placement():
     with_bias = movinet.build_model("t0", "base", num_classes=3, kernel_l2=1e-4, bias_l2=1e-4)
     biases = [w for w in with_bias.trainable_weights if w.path.endswith("bias")]
     assert len(with_bias.losses) == len(kernels) - 1 + len(biases)
+
+
+@pytest.mark.parametrize("mode, options", [
+    ("base", {}), ("stream", {}), ("stream", dict(conv_type="3d", use_positional_encoding=True)),
+    ("stream", dict(se_type="2d", activation="swish")),
+])
+def test_folded_batch_norm_gives_the_same_outputs_and_states(mode, options):
+    model = randomize_weights(movinet.build_model("a0", mode, num_classes=5, **options), seed=21)
+    folded = movinet.fold_batch_norm(model)
+    convolutions = [layer for layer in folded._flatten_layers() if isinstance(layer, ConvNorm) or
+                    (isinstance(layer, FeatureConv) and not (layer.separable and layer.kernel_t == 1))]
+    assert convolutions and all(layer.folded is not None for layer in convolutions)
+    clip = np.random.default_rng(22).random((2, 4, 40, 40, 3), dtype=np.float32)
+    np.testing.assert_allclose(folded(clip).numpy(), model(clip).numpy(), atol=1e-5)
+    if mode == "stream":
+        logits, states = stream_chunks(model, clip, 4)
+        folded_logits, folded_states = stream_chunks(folded, clip, 4)
+        np.testing.assert_allclose(folded_logits, logits, atol=1e-5)
+        for name, value in states.items():
+            np.testing.assert_allclose(folded_states[name].numpy(), value.numpy(), atol=1e-5, err_msg=name)
+    with pytest.raises(movinet.FoldedError, match="folded"):
+        folded(clip, training=True)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5, 7), (4, 6, 6, 7)])
+def test_fused_batch_norm_trains_like_the_keras_layer(shape):
+    """Same outputs, gradients and moving statistics as keras BatchNormalization (biased variance)."""
+    x = tf.constant(np.random.default_rng(23).normal(1.0, 3.0, shape).astype(np.float32))
+    layers = [keras.layers.BatchNormalization(momentum=0.9), BatchNorm(momentum=0.9)]
+    results = []
+    for layer in layers:
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, shape[-1]))
+        layer.beta.assign(np.linspace(-1.0, 1.0, shape[-1]))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * y * tf.range(shape[-1], dtype=tf.float32))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x)])
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), rtol=1e-4, atol=1e-4)
