@@ -39,12 +39,14 @@ def matmul_peak_gflops() -> float:
     return 2 * 2048 ** 3 / seconds / 1e9
 
 
-def ours_stream(resolution: int = 172, frames: int = 60) -> float:
+def ours_stream(resolution: int = 172, frames: int = 60, folded: bool = False) -> float:
     import tensorflow as tf
 
     import movinet
 
     model = movinet.build_model("a0", "stream")
+    if folded:
+        model = movinet.fold_batch_norm(model)
     step = tf.function(lambda states, frame: model({**states, "image": frame}))
     states = model.init_states([1, 1, resolution, resolution, 3])
     frame = tf.random.uniform([1, 1, resolution, resolution, 3])
@@ -55,6 +57,22 @@ def ours_stream(resolution: int = 172, frames: int = 60) -> float:
         logits.numpy()
 
     return timed(run, repeats=frames, warmup=5)
+
+
+def ours_tflite_stream(resolution: int = 172, frames: int = 100) -> float:
+    import tempfile
+
+    import numpy as np
+
+    import movinet
+    from movinet import export
+
+    model = movinet.build_model("a0", "stream")
+    with tempfile.TemporaryDirectory() as folder:
+        path = export.export_tflite(model, Path(folder) / "a0.tflite", resolution=resolution)
+        runner = export.TFLiteStreamRunner(path, num_threads=os.cpu_count())
+        frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
+        return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
 
 def ours_base(frames: int = 50, resolution: int = 172) -> float:
@@ -138,7 +156,7 @@ def official(python: str, what: str) -> dict | None:
 
 
 def row(name, ours, reference, unit, lower_is_better=True, peak=None, macs=None):
-    line = f"{name:<42} ours {ours:10.3f} {unit}"
+    line = f"{name:<48} ours {ours:10.3f} {unit}"
     if reference is not None:
         ratio = reference / ours if lower_is_better else ours / reference
         line += f" | official {reference:10.3f} {unit} | speed-up x{ratio:.2f}"
@@ -171,6 +189,9 @@ def main():
         ref = official(args.official_python, "stream")
         row("A0 stream, 1 frame 172x172 (ms/frame)", ours_stream() * 1000, ref and ref["ms"], "ms",
             peak=peak, macs=macs)
+        row("  BN folded (fold_batch_norm, KerasStreamRunner)", ours_stream(folded=True) * 1000, ref and ref["ms"],
+            "ms", peak=peak, macs=macs)
+        row("  TF Lite float32 export", ours_tflite_stream() * 1000, ref and ref["ms"], "ms", peak=peak, macs=macs)
     if "base" in only:
         macs = movinet.cost("a0", "base").macs
         ref = official(args.official_python, "base")
