@@ -22,7 +22,8 @@ A run folder holds::
     history.csv          one row per finished epoch
     model/               the final weights (``movinet.checkpoints.save`` layout)
 
-Running the same command again resumes after the last finished epoch.
+Running the same command again resumes after the last finished epoch. A search trial trains
+without a run folder: nothing is written, as nobody would read it.
 """
 
 from __future__ import annotations
@@ -381,21 +382,24 @@ def _load_init_checkpoint(model: keras.Model, path: str) -> None:
 
 
 class _RunFolder:
-    """Writes the run folder: only the chief writes; other workers save checkpoints to a scratch folder."""
+    """Writes the run folder: only the chief writes; other workers save checkpoints to a scratch folder.
 
-    def __init__(self, run_dir: Path, chief: bool):
+    Without a folder (``run_dir`` None) nothing is written and there are no checkpoints.
+    """
+
+    def __init__(self, run_dir: Path | None, chief: bool):
         self.root = run_dir
-        self.chief = chief
-        self.scratch = None if chief else Path(tempfile.mkdtemp(prefix="movinet-worker-"))
-        self.checkpoints = (self.root if chief else self.scratch) / "checkpoints"
+        self.writes = chief and run_dir is not None
+        self.scratch = None if chief or run_dir is None else Path(tempfile.mkdtemp(prefix="movinet-worker-"))
+        self.checkpoints = None if run_dir is None else (self.root if chief else self.scratch) / "checkpoints"
 
     def writer(self, name: str):
-        if not self.chief:
+        if not self.writes:
             return tf.summary.create_noop_writer()
         return tf.summary.create_file_writer(str(self.root / "logs" / name))
 
     def append_history(self, row: Mapping[str, Any]) -> None:
-        if not self.chief:
+        if not self.writes:
             return
         path = self.root / "history.csv"
         new = not path.exists()
@@ -406,6 +410,8 @@ class _RunFolder:
             writer.writerow(row)
 
     def history(self) -> list[dict[str, str]]:
+        if self.root is None:
+            return []
         path = self.root / "history.csv"
         if not path.exists():
             return []
@@ -416,7 +422,7 @@ class _RunFolder:
         """Drops rows after the restored checkpoint: a partial epoch, or a crash between the writes."""
         rows = self.history()
         kept = [row for row in rows if int(row["epoch"]) <= epochs]
-        if not self.chief or len(kept) == len(rows):
+        if not self.writes or len(kept) == len(rows):
             return
         (self.root / "history.csv").unlink()
         for row in kept:
@@ -428,22 +434,24 @@ class _RunFolder:
 
 
 def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfig,
-          train_config: TrainConfig, run_dir: str | os.PathLike, *,
+          train_config: TrainConfig, run_dir: str | os.PathLike | None, *,
           model_options: Mapping[str, Any] | None = None, on_epoch_end: EpochHook | None = None) -> dict:
     """Trains a MoViNet on ``data_config`` into ``run_dir``, resuming a run found there.
 
     Args:
       model_spec_or_name: a published name ('a0'), a spec YAML path or a ModelSpec.
       mode: 'base' or 'stream' (a stream model trains on whole clips, zero initial states).
+      run_dir: the run folder; None trains without writing anything (no checkpoints, logs,
+        history or final model), which cannot be resumed.
       model_options: ModelOptions fields besides the recipe's dropout, stochastic depth and L2.
       on_epoch_end: called with each finished epoch's metrics (a search reports them to its
         scheduler); raising from it interrupts training after that epoch's checkpoint.
     Returns:
       The last evaluation: top1, top5, loss (validation) with train_loss, train_top1, epoch,
-      steps, seconds, stopped_by_budget, skipped_files, params and run_dir.
+      steps, seconds, stopped_by_budget, skipped_files, params and run_dir (None without one).
     """
     spec = load_spec(model_spec_or_name)
-    run_dir = Path(run_dir)
+    run_dir = None if run_dir is None else Path(run_dir)
     model_options = dict(model_options or {})
     # Multi-worker collectives must be set up before TensorFlow runs anything else.
     strategy = make_strategy(train_config.strategy, train_config.tpu_address)
@@ -453,7 +461,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     config = resolved_config(spec, mode, model_options, data_config, train_config)
     config["num_classes"] = info.num_classes
     config["class_names"] = info.class_names
-    if (run_dir / "config.yaml").exists():
+    if run_dir is not None and (run_dir / "config.yaml").exists():
         changed = _changed_settings(read_run_config(run_dir), config)
         if changed:
             raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
@@ -471,26 +479,26 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
         trainer = Trainer(model, optimizer, strategy, train_config, data_config.batch_size, info.num_classes)
         checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer_variables(optimizer),
                                          epoch=epoch)
-        manager = tf.train.CheckpointManager(checkpoint, str(folder.checkpoints),
-                                             max_to_keep=train_config.keep_checkpoints)
-        if manager.latest_checkpoint:
+        manager = None if folder.checkpoints is None else tf.train.CheckpointManager(
+            checkpoint, str(folder.checkpoints), max_to_keep=train_config.keep_checkpoints)
+        if manager is not None and manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             folder.truncate_history(int(epoch.numpy()))
         elif train_config.init_checkpoint:
             _load_init_checkpoint(model, train_config.init_checkpoint)
-        if folder.chief:
+        if folder.writes:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        return _run_epochs(trainer, checkpoint, manager, epoch, folder, train_ds, val_ds, info,
-                           train_config, steps_per_epoch, on_epoch_end)
+        return _run_epochs(trainer, manager, epoch, folder, train_ds, val_ds, info, train_config,
+                           steps_per_epoch, on_epoch_end)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         folder.close()
 
 
-def _run_epochs(trainer: Trainer, checkpoint, manager, epoch: tf.Variable, folder: _RunFolder,
-                train_ds, val_ds, info: DataInfo, config: TrainConfig, steps_per_epoch: int,
-                on_epoch_end: EpochHook | None) -> dict:
+def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, epoch: tf.Variable,
+                folder: _RunFolder, train_ds, val_ds, info: DataInfo, config: TrainConfig,
+                steps_per_epoch: int, on_epoch_end: EpochHook | None) -> dict:
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else None
     train_writer, val_writer = folder.writer("train"), folder.writer("val")
@@ -511,7 +519,8 @@ def _run_epochs(trainer: Trainer, checkpoint, manager, epoch: tf.Variable, folde
         progress = keras.utils.Progbar(steps_per_epoch, verbose=config.verbose,
                                        stateful_metrics=["loss", "top1", "lr"])
         began = time.monotonic()
-        train_metrics, stopped = trainer.train_epoch(train_ds, steps_per_epoch, progress, deadline, log_step)
+        train_metrics, stopped = trainer.train_epoch(train_ds, steps_per_epoch, progress, deadline,
+                                                     log_step if folder.writes else None)
         val_metrics = trainer.evaluate(val_ds)
         row = {"epoch": number, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"],
                "loss": val_metrics["loss"], "top1": val_metrics["top1"], "top5": val_metrics["top5"],
@@ -524,7 +533,8 @@ def _run_epochs(trainer: Trainer, checkpoint, manager, epoch: tf.Variable, folde
                     log_scalar(f"epoch_{key}", values[key])
         if not stopped:
             epoch.assign(number)
-            manager.save(checkpoint_number=number)
+            if manager is not None:
+                manager.save(checkpoint_number=number)
         folder.append_history(row)
         if config.verbose:
             print(f"epoch {number}: val top1 {row['top1']:.4f} top5 {row['top5']:.4f} loss {row['loss']:.4f}"
@@ -534,12 +544,12 @@ def _run_epochs(trainer: Trainer, checkpoint, manager, epoch: tf.Variable, folde
             on_epoch_end(dict(row))
     train_writer.flush()
     val_writer.flush()
-    if folder.chief:
+    if folder.writes:
         from movinet.checkpoints import save
 
         save(trainer.model, folder.root / "model")
     return {**result, "stopped_by_budget": stopped, "seconds": round(time.monotonic() - started, 3),
-            "params": trainer.model.count_params(), "run_dir": str(folder.root)}
+            "params": trainer.model.count_params(), "run_dir": None if folder.root is None else str(folder.root)}
 
 
 def _last_result(folder: _RunFolder) -> dict:
@@ -572,7 +582,8 @@ def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: Da
 
     Args:
       budget: TrainConfig fields that bound the trial, e.g. ``{"epochs": 2, "max_seconds": 120}``.
-      run_dir: where to keep the run; by default a temporary folder removed afterwards.
+      run_dir: where to keep the run (see ``train``); by default nothing is written, which spares
+        a trial the checkpoints, logs and model save of every epoch that nobody would read.
       report: called after every epoch with its metrics (``epoch``, ``top1``, ``top5``, ``loss``).
     Returns:
       {top1, top5, loss, epoch, steps, seconds, params, stopped_by_budget, ...} of the last evaluation.
@@ -582,9 +593,4 @@ def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: Da
     config = TrainConfig.from_dict(settings)
     data_config = data_config or DataConfig()
     options = {"norm_momentum": TRIAL_NORM_MOMENTUM, **dict(model_options or {})}
-    if run_dir is not None:
-        return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report)
-    with tempfile.TemporaryDirectory(prefix="movinet-trial-") as scratch:
-        result = train(spec, mode, data_config, config, scratch, model_options=options, on_epoch_end=report)
-    result.pop("run_dir")
-    return result
+    return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report)

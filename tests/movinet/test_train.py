@@ -154,6 +154,24 @@ def test_budget_stops_a_candidate_and_reports_every_epoch():
 
 
 @pytest.mark.slow
+def test_a_candidate_without_a_run_folder_writes_nothing_and_learns_the_same(tmp_path, monkeypatch):
+    from movinet import checkpoints
+
+    data, budget, recipe = DataConfig(**TINY_DATA), {"epochs": 2}, TrainConfig(**TINY_TRAIN)
+    kept = train_candidate(tiny_spec(), "stream", data, budget, train_config=recipe, run_dir=tmp_path / "run")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a candidate trained without a run folder wrote one")
+
+    for owner, name in ((tf.train, "CheckpointManager"), (tf.summary, "create_file_writer"), (checkpoints, "save")):
+        monkeypatch.setattr(owner, name, forbidden)
+    thrown = train_candidate(tiny_spec(), "stream", data, budget, train_config=recipe)
+    assert thrown["run_dir"] is None
+    for key in ("epoch", "steps", "top1", "loss", "train_loss"):
+        assert thrown[key] == pytest.approx(kept[key]), key
+
+
+@pytest.mark.slow
 def test_mixed_precision_training_runs(tmp_path):
     for precision in ("mixed_float16", "mixed_bfloat16"):
         result = train(tiny_spec(), "base", DataConfig(**{**TINY_DATA, "train_clips": 8}),
