@@ -106,7 +106,7 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    return batch / timed(lambda: step().numpy(), repeats=3, warmup=1)
+    return batch / timed(lambda: step().numpy(), repeats=6 if mode == "stream" else 3, warmup=2)
 
 
 def train_in_process(mode: str, onednn: bool) -> float:
