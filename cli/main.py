@@ -12,9 +12,10 @@ import sys
 COMMAND_MODULES = ("cli.model", "cli.train", "cli.export", "cli.search", "cli.family")
 
 # Commands that train. On x86 CPUs without AVX-512 TensorFlow leaves its oneDNN kernels off; with
-# them A0 training steps run 1.5-3x faster here (benchmarks/bench.py), while batch-1 streaming gets
-# slower (more per-op overhead), so only training commands switch them on. TensorFlow reads the
-# switch when it is first imported, which is after parsing; local Ray workers inherit it.
+# them A0 training runs 1.2x (base) and 1.5x (stream) faster here (benchmarks/bench.py), while
+# batch-1 streaming gets slower (more per-op overhead), so only training commands switch them on.
+# TensorFlow reads the switch when it is first imported, which is after parsing; local Ray workers
+# inherit it.
 TRAINING_COMMANDS = ("train", "search", "family")
 
 

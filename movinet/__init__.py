@@ -26,5 +26,5 @@ def __getattr__(name):
 
 
 __all__ = ["FoldedError", "MovinetClassifier", "ModelOptions", "ModelSpec", "SpecError", "StateError",
-           "build_model", "cost", "fold_batch_norm", "dump_spec", "format_table", "load_spec", "named_specs", "resolve_options",
-           "save_spec", "spec_from_yaml", "state_shapes"]
+           "build_model", "cost", "dump_spec", "fold_batch_norm", "format_table", "load_spec", "named_specs",
+           "resolve_options", "save_spec", "spec_from_yaml", "state_shapes"]

@@ -129,8 +129,8 @@ def export_saved_model(model, path: "str | os.PathLike", *, frames=None, resolut
 class KerasStreamRunner:
     """Runs a Keras stream model one frame at a time, carrying its states (as TFLiteStreamRunner).
 
-    The runner steps a batch-norm-folded copy of ``model`` (same outputs, about half the ops
-    per frame); later changes to ``model``'s weights need a new runner.
+    The runner steps a batch-norm-folded copy of ``model`` (same outputs, fewer ops per frame);
+    later changes to ``model``'s weights need a new runner.
     """
 
     def __init__(self, model, resolution):

@@ -94,9 +94,11 @@ def batch_norm_affine(bn) -> tuple[np.ndarray, np.ndarray]:
     return scale, offset
 
 
-def folded_constants(kernel, scale, bias) -> tuple[tf.Tensor, tf.Tensor]:
-    """float32 constants of a kernel scaled per output channel (its last axis) and its bias."""
-    return (tf.constant((np.asarray(kernel, np.float64) * scale).astype(np.float32)),
+def folded_constants(kernel, scale, bias, channel_axis: int = -1) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 constants of ``kernel`` scaled per output channel (along ``channel_axis``) and of ``bias``."""
+    kernel = np.asarray(kernel, np.float64)
+    scale = np.reshape(scale, [-1 if axis == channel_axis % kernel.ndim else 1 for axis in range(kernel.ndim)])
+    return (tf.constant((kernel * scale).astype(np.float32)),
             tf.constant(np.asarray(bias, np.float64).astype(np.float32)))
 
 
@@ -263,12 +265,7 @@ class ConvNorm(keras.layers.Layer):
         bias = self.bias.numpy() if self.bias is not None else np.zeros(channels)
         scale, offset = batch_norm_affine(self.bn) if self.bn is not None else (np.ones(channels), 0.0)
         scale, bias = scale * extra_scale, (bias * scale + offset) * extra_scale
-        if self.depthwise:
-            kernel, bias = folded_constants(kernel[..., 0], scale, bias)
-            kernel = kernel[..., None]
-        else:
-            kernel, bias = folded_constants(kernel, scale, bias)
-        self.folded = (kernel, bias)
+        self.folded = folded_constants(kernel, scale, bias, channel_axis=-2 if self.depthwise else -1)
 
 
 class FeatureConv(keras.layers.Layer):
@@ -338,13 +335,8 @@ class FeatureConv(keras.layers.Layer):
             x = self.spatial(x, training=training)
             if self.kernel_t > 1:
                 padded, buffer = temporal_padding(x, self.kernel_t, self.causal, states.get(self.buffer_name))
-                if self.folded is not None:
-                    check_not_training(self, training)
-                    kernel, bias = self.folded
-                    x = self.act(tf.nn.bias_add(self.temporal_conv(padded, kernel), tf.cast(bias, x.dtype)))
-                else:
-                    x = self.act(self.bn_temporal(self.temporal_conv(padded, self.temporal_kernel),
-                                                  training=training))
+                kernel = self.temporal_kernel if self.folded is None else self.folded[0]
+                x = self.normalize(self.temporal_conv(padded, kernel), self.bn_temporal, training)
                 if buffer is not None:
                     new_states[self.buffer_name] = buffer
             return x, new_states
@@ -363,11 +355,14 @@ class FeatureConv(keras.layers.Layer):
             window = padded[:, i:i + frames]
             out = tf.nn.depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME")
             y = out if y is None else y + out
-        y = batch_to_frames(y, x)
-        if self.folded is not None:
-            check_not_training(self, training)
-            return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype))), new_states
-        return self.act(self.bn(y, training=training)), new_states
+        return self.normalize(batch_to_frames(y, x), self.bn, training), new_states
+
+    def normalize(self, y, bn, training):
+        """``bn`` (or, folded, the bias that replaced it), then the activation."""
+        if self.folded is None:
+            return self.act(bn(y, training=training))
+        check_not_training(self, training)
+        return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype)))
 
     def fold(self) -> None:
         """Folds each BN into the depthwise kernel before it (inference only)."""
@@ -375,8 +370,7 @@ class FeatureConv(keras.layers.Layer):
             self.spatial.fold()
             if self.kernel_t > 1:
                 scale, offset = batch_norm_affine(self.bn_temporal)
-                kernel, bias = folded_constants(self.temporal_kernel.numpy()[:, :, :, 0], scale, offset)
-                self.folded = (kernel[..., None], bias)
+                self.folded = folded_constants(self.temporal_kernel.numpy(), scale, offset, channel_axis=-2)
         else:
             scale, offset = batch_norm_affine(self.bn)
             self.folded = folded_constants(self.kernel.numpy(), scale, offset)
