@@ -73,12 +73,17 @@ class ModelOptions:
         return dataclasses.replace(self, **changes)
 
 
+def unknown_fields(cls, names) -> list[str]:
+    """The sorted ``names`` that are not fields of the dataclass ``cls`` (config readers' check)."""
+    return sorted(set(names) - {f.name for f in dataclasses.fields(cls)})
+
+
 def resolve_options(spec: ModelSpec, mode: str = "base", **overrides) -> ModelOptions:
     """The official settings for ``spec`` in ``mode``, then the spec's own ``options``, then
     ``overrides`` on top."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {list(MODES)}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelOptions)})
+    unknown = unknown_fields(ModelOptions, overrides)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}")
     if mode == "base":

@@ -46,6 +46,7 @@ from tensorflow.core.framework import summary_pb2
 from movinet.data import DataConfig, DataInfo, make_datasets
 from movinet.evaluate import batch_counts, summarize_counts
 from movinet.model import build_model
+from movinet.options import unknown_fields
 from movinet.spec import ModelSpec, load_spec, spec_from_dict
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
@@ -120,7 +121,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        unknown = unknown_fields(cls, values)
         if unknown:
             raise TrainError(f"unknown training setting(s) {unknown}")
         return cls(**values)

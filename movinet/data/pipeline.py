@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from movinet.data import synthetic, tfrecord, video
 from movinet.data.errors import DataError, SkippedFiles
+from movinet.options import unknown_fields
 
 SOURCES = ("synthetic", "folder", "csv", "tfrecord")
 SHORT_SIDE_RATIO = 1.125   # decode short side / crop size (official: 192 for 172, 288 for 256)
@@ -103,7 +104,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        unknown = unknown_fields(cls, values)
         if unknown:
             raise DataError(f"unknown data setting(s) {unknown}")
         return cls(**values)
