@@ -24,12 +24,13 @@ A run folder holds::
 
 Running the same command again resumes after the last finished epoch. A search trial trains
 without a run folder: nothing is written, as nobody would read it.
+
+The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no TensorFlow.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import shutil
@@ -46,12 +47,10 @@ from tensorflow.core.framework import summary_pb2
 from movinet.data import DataConfig, DataInfo, make_datasets
 from movinet.evaluate import batch_counts, summarize_counts
 from movinet.model import build_model
-from movinet.options import unknown_fields
 from movinet.spec import ModelSpec, load_spec, spec_from_dict
+from movinet.train_config import STRATEGIES, TrainConfig, TrainError
+from movinet.train_config import OPTIMIZERS, PRECISIONS  # noqa: F401  (their old home)
 
-OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Settings that may change between a run and its resumption: they do not change what is learned.
 RESUMABLE_CHANGES = ("train.epochs", "train.verbose", "train.max_seconds", "train.log_every_steps",
                      "train.keep_checkpoints", "data.cache_dir", "data.parallel_calls",
@@ -59,72 +58,6 @@ RESUMABLE_CHANGES = ("train.epochs", "train.verbose", "train.max_seconds", "trai
 
 TRIAL_NORM_MOMENTUM = 0.9
 EpochHook = Callable[[dict], None]
-
-
-class TrainError(ValueError):
-    """A training run that cannot start or resume; the message says why and what to change."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train: the optimisation recipe, numerics, distribution, budget and bookkeeping.
-
-    ``weight_decay`` is the official ``l2_weight_decay``: conv kernels get an L2 penalty of half of
-    it (the ``tf.nn.l2_loss`` convention). ``warmup_fraction`` of all steps warm the learning rate
-    up linearly from 0 (official: 2145 of 85785 steps). ``max_seconds`` stops training once the
-    time is spent (checked after every step) and evaluates the model as it is then.
-    """
-
-    epochs: int = 10
-    optimizer: str = "rmsprop"
-    learning_rate: float = 0.1
-    warmup_fraction: float = 0.05
-    final_learning_rate_fraction: float = 0.0
-    momentum: float = 0.9
-    rmsprop_rho: float = 0.9
-    rmsprop_epsilon: float = 1.0
-    label_smoothing: float = 0.1
-    weight_decay: float = 3e-5
-    clipnorm: float | None = 1.0
-    dropout_rate: float = 0.2
-    stochastic_depth_drop_rate: float = 0.2
-    precision: str = "float32"
-    jit_compile: bool = False
-    strategy: str = "default"
-    tpu_address: str | None = None
-    steps_per_epoch: int | None = None
-    max_seconds: float | None = None
-    init_checkpoint: str | None = None
-    keep_checkpoints: int = 2
-    log_every_steps: int = 10
-    verbose: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        checks = (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("strategy", STRATEGIES))
-        for field, allowed in checks:
-            if getattr(self, field) not in allowed:
-                raise TrainError(f"{field}={getattr(self, field)!r}: expected one of {list(allowed)}")
-        if self.epochs < 1:
-            raise TrainError(f"epochs={self.epochs}: expected at least 1")
-        if self.learning_rate <= 0:
-            raise TrainError(f"learning_rate={self.learning_rate}: expected a positive number")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise TrainError(f"warmup_fraction={self.warmup_fraction}: expected a fraction in [0, 1)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise TrainError(f"label_smoothing={self.label_smoothing}: expected a fraction in [0, 1)")
-        if self.clipnorm is not None and self.clipnorm <= 0:
-            raise TrainError(f"clipnorm={self.clipnorm}: expected a positive number, or None for no clipping")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        unknown = unknown_fields(cls, values)
-        if unknown:
-            raise TrainError(f"unknown training setting(s) {unknown}")
-        return cls(**values)
 
 
 def make_strategy(name: str, tpu_address: str | None = None) -> tf.distribute.Strategy:

@@ -21,7 +21,7 @@ REPORTED = ("epoch", "top1", "top5", "loss", "train_loss", "train_top1")
 
 
 def data_config(space: SearchSpace, candidate: Candidate):
-    from movinet.data import DataConfig
+    from movinet.data.config import DataConfig
 
     return DataConfig(**{**space.data, "frames": candidate.frames, "resolution": candidate.resolution,
                          "stride": candidate.frame_stride})
@@ -64,9 +64,14 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
 
 def check_training_sections(space: SearchSpace) -> SearchSpace:
     """Checks ``data`` and ``budget`` against the trainer's settings and fills in the number of
-    classes (the classifier's width, which the cost filter counts) from the data itself."""
-    from movinet.data import DataConfig, DataError, make_datasets
-    from movinet.train import TrainConfig, TrainError
+    classes (the classifier's width, which the cost filter counts) from the data itself.
+
+    Runs in the search driver, which trains nothing: the settings are checked without TensorFlow,
+    which only a data source that must be read to count its classes (not synthetic) imports.
+    """
+    from movinet.data.config import DataConfig, synthetic_classes
+    from movinet.data.errors import DataError
+    from movinet.train_config import TrainConfig, TrainError
 
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     for key in space.data:
@@ -83,7 +88,13 @@ def check_training_sections(space: SearchSpace) -> SearchSpace:
         return space
     clip = {"frames": space.frames[0], "resolution": space.resolution[0], "stride": space.frame_stride[0]}
     try:
-        _, _, info = make_datasets(DataConfig(**{**space.data, **clip}))
+        config = DataConfig(**{**space.data, **clip})
+        if config.source == "synthetic":
+            num_classes = synthetic_classes(config)
+        else:
+            from movinet.data.pipeline import make_datasets
+
+            num_classes = make_datasets(config)[2].num_classes
     except (DataError, TypeError) as err:
         raise SpaceError(f"{space.source}: data: {err}") from None
-    return dataclasses.replace(space, data={**space.data, "num_classes": info.num_classes})
+    return dataclasses.replace(space, data={**space.data, "num_classes": num_classes})

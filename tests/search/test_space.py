@@ -178,3 +178,43 @@ def test_the_number_of_classes_comes_from_the_data_when_not_given():
 
     data = _set(tiny_dict(), "data", {"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4})
     assert check_training_sections(space_from_dict(data)).num_classes == 4
+
+
+
+def test_a_synthetic_data_section_is_checked_without_reading_clips():
+    from search.training import check_training_sections
+
+    data = _set(tiny_dict(), "data", {"source": "synthetic", "train_clips": 4, "batch_size": 8})
+    with pytest.raises(SpaceError, match=r"small.yaml: data: batch_size=8 is larger than the 4 training clips"):
+        check_training_sections(space_from_dict(data, "spaces/small.yaml"))
+
+
+DRIVER_CHECKS = """
+import sys
+from search import load_space
+from search.samplers import make_sampler
+from search.candidate import check_feasible
+from search.training import check_training_sections
+import search.ray_backend, search.run
+
+for path in sys.argv[1:]:
+    space = check_training_sections(load_space(path))
+    check_feasible(space)
+    make_sampler(space).suggest()
+print(space.num_classes, sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras")))
+"""
+
+
+def test_the_driver_checks_a_space_without_importing_tensorflow(tmp_path):
+    """The search driver trains nothing: importing TensorFlow there costs seconds for nothing."""
+    import subprocess
+    import sys
+
+    no_classes = tmp_path / "no_classes.yaml"
+    no_classes.write_text(yaml.safe_dump(_set(yaml.safe_load(DEMO.read_text()), "data",
+                                              {"source": "synthetic", "train_clips": 8, "batch_size": 4})))
+    done = subprocess.run([sys.executable, "-c", DRIVER_CHECKS, str(DEMO), str(no_classes)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4", "[]"], done.stdout
+
