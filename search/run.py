@@ -1,7 +1,11 @@
 """One search from start to finish: space file -> cost check -> sampler -> backend -> results.
 
     space YAML --load_space--> SearchSpace --check_feasible--> (fails here if no point fits)
-      --make_sampler + replay(ledger)--> Sampler --backend.run--> ledger.jsonl --> tables, plot, best spec
+      --make_sampler + replay(ledger) + plan--> Sampler --backend.run--> ledger.jsonl --> tables, plot, best spec
+
+The driver itself trains nothing and never imports TensorFlow (only trials do), unless the data
+must be read to count its classes; random and grid samplers draw all trials up front and start
+the largest first (``Sampler.plan``).
 """
 
 from __future__ import annotations
@@ -92,13 +96,15 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     sampler.rejected = ledger.state().get("rejected", 0) if resume else 0
     for row in rows:
         sampler.replay(row_candidate(row), row_result(row))
-    ledger.save_state(rejected=sampler.rejected)
     total = space.settings.num_trials
     remaining = total - len(rows)
+    planned = sampler.plan(remaining) if remaining > 0 else []
+    ledger.save_state(rejected=sampler.rejected)
     low, high = space.objective.bounds
     echo(f"search {space.name}: {space.size():,} points, about {acceptance:.0%} of them within "
          f"{low / 1e6:.2f}M-{high / 1e6:.2f}M multiply-adds; {space.settings.algorithm} on {backend}, "
-         f"{remaining} of {total} trials to run" + (f" ({len(rows)} already finished)" if rows else ""))
+         f"{remaining} of {total} trials to run" + (f" ({len(rows)} already finished)" if rows else "")
+         + (", the most multiply-adds first" if planned else ""))
     if backend == "ray":
         from search import ray_backend as backend_module
     else:

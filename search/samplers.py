@@ -4,6 +4,9 @@ Every sampler shares one contract, whatever backend runs the trials: ``suggest()
 new candidate inside the cost window (or None when the space has no more), ``observe()`` takes
 a finished trial's metrics back. Candidates outside the window are rejected, and counted, before
 anything is built; a candidate already trained is never proposed again.
+
+Samplers whose draws do not depend on results (random, grid) can ``plan()`` a search's trials up
+front and hand them out longest first (see ``Sampler.plan``); model-based ones (TPE) cannot.
 """
 
 from __future__ import annotations
@@ -24,13 +27,46 @@ MAX_PROPOSALS = 5000
 class Sampler:
     """The shared cost filter and memory of tried candidates; subclasses pick the points."""
 
+    # True when the points drawn do not depend on the results fed back, so that drawing the next
+    # trials all at once gives the same candidates as drawing them one by one.
+    draws_ahead = False
+
     def __init__(self, space: SearchSpace):
         self.space = space
         self.rejected = 0
         self._tried: dict[str, Mapping | None] = {}    # key -> result (None while pending or failed)
         self._handles: dict[str, Any] = {}
+        self._planned: list[Candidate] = []            # drawn by plan(), handed out first
 
     def suggest(self) -> Candidate | None:
+        if self._planned:
+            return self._planned.pop(0)
+        return self._draw()
+
+    def plan(self, count: int) -> list[Candidate]:
+        """Draws the next ``count`` candidates now, to hand them out longest first; returns them in
+        that order ([] for a sampler whose draws depend on results, which keeps drawing one by one).
+
+        The longest-processing-time rule: when several trials run at once, starting the long ones
+        first leaves the short ones for the end, so slots that run out of trials wait less for the
+        last one to finish. Work is predicted by the cost model: a candidate's multiply-adds on its
+        own clip (frames and resolution included), which every training and evaluation step
+        repeats. The candidates are those ``count`` calls of ``suggest()`` would give, so the seed
+        still fixes them; ties keep the order of the draws.
+        """
+        if not self.draws_ahead:
+            return []
+        drawn: list[tuple[int, Candidate]] = []
+        while len(drawn) < count:
+            candidate = self._draw()
+            if candidate is None:
+                break
+            drawn.append((candidate_macs(self.space, candidate), candidate))
+        drawn.sort(key=lambda pair: -pair[0])   # a stable sort: ties keep the order of the draws
+        self._planned = [candidate for _, candidate in drawn]
+        return list(self._planned)
+
+    def _draw(self) -> Candidate | None:
         objective = self.space.objective
         for _ in range(MAX_PROPOSALS):
             proposal = self._propose()
@@ -72,6 +108,8 @@ class Sampler:
 
 
 class RandomSampler(Sampler):
+    draws_ahead = True
+
     def __init__(self, space: SearchSpace):
         super().__init__(space)
         self._rng = random.Random(space.settings.seed)
@@ -84,6 +122,7 @@ class GridSampler(Sampler):
     """Every point in a fixed order; for small spaces only."""
 
     MAX_POINTS = 1_000_000
+    draws_ahead = True
 
     def __init__(self, space: SearchSpace):
         super().__init__(space)

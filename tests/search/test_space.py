@@ -200,7 +200,7 @@ import search.ray_backend, search.run
 for path in sys.argv[1:]:
     space = check_training_sections(load_space(path))
     check_feasible(space)
-    make_sampler(space).suggest()
+    make_sampler(space).plan(4)
 print(space.num_classes, sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras")))
 """
 
@@ -218,3 +218,48 @@ def test_the_driver_checks_a_space_without_importing_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["4", "[]"], done.stdout
 
+
+def _planned_order_is_longest_first(sampler, space, count):
+    planned = sampler.plan(count)
+    macs = [candidate_macs(space, candidate) for candidate in planned]
+    assert macs == sorted(macs, reverse=True)
+    return planned
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid"])
+def test_planned_trials_are_the_seeded_draws_largest_first(algorithm):
+    from search.samplers import make_sampler
+
+    space = load_space(TINY)
+    drawn = make_sampler(space, algorithm)
+    one_by_one = [drawn.suggest() for _ in range(8)]
+    sampler = make_sampler(space, algorithm)
+    planned = _planned_order_is_longest_first(sampler, space, 6)
+    assert [c.key for c in planned] != [c.key for c in one_by_one[:6]], "the draws were already in order"
+    assert sorted(c.key for c in planned) == sorted(c.key for c in one_by_one[:6])
+    assert [sampler.suggest().key for _ in range(8)] == [c.key for c in planned + one_by_one[6:]]
+    assert sampler.rejected == drawn.rejected
+    again = make_sampler(space, algorithm)
+    assert [c.key for c in again.plan(6)] == [c.key for c in planned]   # the seed fixes the order too
+
+
+def test_a_resumed_search_plans_only_what_it_has_not_run(tmp_path):
+    from search.samplers import make_sampler
+
+    space = load_space(TINY)
+    first = make_sampler(space)
+    planned = first.plan(6)
+    resumed = make_sampler(space)
+    for candidate in planned[:2]:                  # two trials finished before the search was killed
+        resumed.replay(candidate, {"top1": 0.5, "macs": candidate_macs(space, candidate), "reward": 0.5})
+    rest = _planned_order_is_longest_first(resumed, space, 4)
+    assert [c.key for c in rest] == [c.key for c in planned[2:]]
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "multi_objective"])
+def test_a_sampler_that_learns_from_results_draws_one_by_one(algorithm):
+    from search.samplers import make_sampler
+
+    sampler = make_sampler(load_space(TINY), algorithm)
+    assert sampler.plan(4) == []
+    assert sampler.suggest() is not None
