@@ -35,20 +35,35 @@ class ClusterError(RuntimeError):
     """No Ray cluster answers at the given address."""
 
 
+# Settings of the driver's environment that trials need too: TensorFlow reads this one when it is
+# imported (``movinet search`` switches oneDNN on), and workers on other machines do not inherit it.
+PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS",)
+
+
 def runtime_env() -> dict:
-    """What Ray workers need: this checkout of the code on their path, and a quiet TensorFlow."""
+    """What Ray workers need: this checkout of the code on their path, a quiet TensorFlow, and the
+    driver's TensorFlow switches (``PASSED_ON``)."""
     package_root = str(Path(search_package.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    return {"env_vars": {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}}
+    env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.update({name: os.environ[name] for name in PASSED_ON if name in os.environ})
+    return {"env_vars": env}
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray."""
+    """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray.
+
+    A local Ray starts no idle workers for the driver's job: Tune gives its trial actors a runtime
+    environment of their own, so they never take such workers, which would only compete with the
+    trials' own start for the CPUs. ``address="local"`` starts a new Ray even where a cluster
+    started on this machine left its address behind (``ray.init()`` would join that one).
+    """
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env(), logging_level="ERROR")
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, runtime_env=runtime_env(), logging_level="ERROR",
+                 _system_config={"prestart_worker_first_driver": False})
         return True
     _check_reachable(address)
     try:

@@ -2,7 +2,8 @@
 
 They read their knobs from the space's ``data`` section, which the search passes through:
 ``epoch_seconds`` (sleep per epoch), ``crash_resolution`` (raise for candidates of that input
-size), ``marker_dir`` (append 'start'/'end' lines per trial, to count executions).
+size), ``marker_dir`` (append 'start'/'end' lines per trial, to count executions; a start file
+holds the trial process's TF_ENABLE_ONEDNN_OPTS, to see what reached it from the driver).
 """
 
 from __future__ import annotations
@@ -32,5 +33,6 @@ def quick_trial(candidate, space, report):
 
 def _mark(folder, event: str, key: str) -> None:
     if folder:
-        with open(Path(folder) / f"{event}-{key}-{os.getpid()}-{time.monotonic_ns()}", "w"):
-            pass
+        with open(Path(folder) / f"{event}-{key}-{os.getpid()}-{time.monotonic_ns()}", "w") as f:
+            if event == "start":
+                f.write(os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))

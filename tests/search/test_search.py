@@ -180,6 +180,44 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
     check_rows_are_in_space(load_space(path), after)
 
 
+def test_the_drivers_tensorflow_switch_reaches_trials_on_a_cluster(ray_cluster, tmp_path):
+    """Cluster workers do not inherit the driver's environment: the switch goes in the job's."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    path = space_file(tmp_path, data={"marker_dir": str(markers)}, search={"num_trials": 2})
+    script = DRIVER.format(here=str(HERE), space=str(path), out=str(tmp_path / "out"), address=ray_cluster)
+    for value in ("1", "0"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value}
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=180)
+        starts = [p for p in markers.iterdir() if p.name.startswith("start-")]
+        assert len(starts) == 2 and {p.read_text() for p in starts} == {value}
+        for marker in starts:
+            marker.unlink()
+        (tmp_path / "out" / "tiny").rename(tmp_path / f"done-{value}")
+
+
+REAL_DRIVER = textwrap.dedent("""
+    import sys
+    from search import run_search
+    result = run_search({space!r}, output_dir={out!r}, address={address!r}, echo=lambda line: None)
+    (row,) = result.rows
+    print(row["status"], row["error"],
+          sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras")))
+""")
+
+
+def test_a_search_driver_never_imports_tensorflow(ray_cluster, tmp_path):
+    """Only trials train: the driver checks, schedules and writes results without TensorFlow
+    (importing it would delay every search by seconds), also when the classes are counted."""
+    path = space_file(tmp_path, data={"source": "synthetic", "num_classes": None, "train_clips": 8,
+                                      "val_clips": 4, "batch_size": 4},
+                      budget={"epochs": 1, "verbose": 0}, search={"num_trials": 1})
+    script = REAL_DRIVER.format(space=str(path), out=str(tmp_path / "out"), address=ray_cluster)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "None", "[]"], done.stdout
+
+
 def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path):
     path = space_file(tmp_path, data={"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4},
                       budget={"epochs": 1, "verbose": 0})
