@@ -130,7 +130,9 @@ class KerasStreamRunner:
     """Runs a Keras stream model one frame at a time, carrying its states (as TFLiteStreamRunner).
 
     The runner steps a batch-norm-folded copy of ``model`` (same outputs, fewer ops per frame);
-    later changes to ``model``'s weights need a new runner.
+    later changes to ``model``'s weights need a new runner. The states live in variables that
+    the traced step reads and assigns, so a call passes one frame in and the logits out: handing
+    ~40 state tensors through tf.function's argument matching costs ~1-2 ms a frame in Python.
     """
 
     def __init__(self, model, resolution):
@@ -139,19 +141,33 @@ class KerasStreamRunner:
         self.model = fold_batch_norm(model)
         height, width = _height_width(resolution)
         self.image_shape = (1, 1, height, width, 3)
-        self._step = tf.function(lambda inputs: self.model(inputs, training=False))
-        self.states = self.init_states()
+        self._zeros = self.model.init_states(self.image_shape)
+        self._states = {name: tf.Variable(value, trainable=False, name=name)
+                        for name, value in self._zeros.items()}
+        self._step = tf.function(self._advance, input_signature=[tf.TensorSpec(self.image_shape, tf.float32)])
+
+    def _advance(self, image):
+        logits, new_states = self.model({**{name: state.read_value() for name, state in self._states.items()},
+                                         "image": image}, training=False)
+        for name, value in new_states.items():
+            self._states[name].assign(value)
+        return logits
+
+    @property
+    def states(self) -> dict[str, tf.Tensor]:
+        """The current states (values, not the variables: later steps do not change them)."""
+        return {name: tf.identity(state) for name, state in self._states.items()}
 
     def init_states(self) -> dict[str, tf.Tensor]:
         """Zero states (the start of a video), also made the runner's current states."""
-        self.states = self.model.init_states(self.image_shape)
+        for name, value in self._zeros.items():
+            self._states[name].assign(value)
         return self.states
 
     def step(self, frame) -> np.ndarray:
         """Logits [classes] after ``frame`` ([H, W, 3] or [1, 1, H, W, 3])."""
         image = tf.constant(np.asarray(frame, np.float32).reshape(self.image_shape))
-        logits, self.states = self._step({**self.states, "image": image})
-        return logits.numpy()[0]
+        return self._step(image).numpy()[0]
 
 
 def streaming_inputs(model, clips: Iterable) -> Iterator[dict[str, np.ndarray]]:

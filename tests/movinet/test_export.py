@@ -110,6 +110,24 @@ def test_tflite_runner_rejects_a_file_that_is_not_tflite(tmp_path):
         export.TFLiteStreamRunner(tmp_path / "junk.tflite")
 
 
+def test_keras_stream_runner_carries_its_states_between_frames():
+    model = random_model(TINY_SPEC)
+    clip = clips(1)[0]
+    runner = export.KerasStreamRunner(model, RESOLUTION)
+    first = np.stack([runner.step(frame) for frame in clip])
+    np.testing.assert_allclose(first[-1], model(clip[None]).numpy()[0], atol=1e-4)
+    # The states it reports are the model's own after those frames, and later steps leave them be.
+    _, expected = model({**model.init_states(clip[None].shape), "image": clip[None]})
+    snapshot = runner.states
+    runner.step(clip[0])
+    for name, value in expected.items():
+        np.testing.assert_allclose(snapshot[name].numpy(), value.numpy(), atol=1e-5, err_msg=name)
+    # init_states is the start of a new video: the same clip gives the same logits again.
+    zeros = runner.init_states()
+    assert all(not np.any(value.numpy()) for value in zeros.values())
+    np.testing.assert_allclose(np.stack([runner.step(frame) for frame in clip]), first, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
     model = random_model("a0")
