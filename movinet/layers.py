@@ -22,22 +22,62 @@ import tensorflow as tf
 HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly 1/6)
 
 
+def hard_swish(x):
+    return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+@tf.function(jit_compile=True)
+def _fused_hard_swish(x):
+    return hard_swish(x)
+
+
+@tf.function(jit_compile=True)
+def _fused_hard_swish_grad(x, upstream):
+    # d/dx x*relu6(x+3)/6, with Relu6Grad's closed bounds: 0 at x <= -3, 1 at x >= 3.
+    slope = tf.where(x <= -3.0, tf.zeros_like(x), tf.where(x >= 3.0, tf.ones_like(x), x * (1.0 / 3.0) + 0.5))
+    return upstream * slope
+
+
+@tf.custom_gradient
+def training_hard_swish(x):
+    """hard_swish in one pass over ``x`` each way (XLA fuses the element-wise ops), for training.
+
+    Unfused, its 4 forward and ~6 backward element-wise ops over every expanded activation were
+    about a third of an A0 stream training step on CPU. Only x is kept for the backward pass.
+    """
+    return _fused_hard_swish(x), lambda upstream: _fused_hard_swish_grad(x, upstream)
+
+
+FUSE_MIN_ELEMENTS = 2 ** 18
+
+
+def worth_fusing(x) -> bool:
+    """Whether ``x`` (its known dimensions: per example when the batch is dynamic) is big enough
+    that a fused XLA kernel pays for its compilation (~50 ms per call site and shape) in a step."""
+    return int(np.prod([d for d in x.shape if d is not None])) >= FUSE_MIN_ELEMENTS
+
+
 def activation_fn(name: str):
-    """The element-wise activation ``name`` as the official tf_utils.get_activation computes it."""
+    """The element-wise activation ``name`` as the official tf_utils.get_activation computes it.
+
+    The returned function takes ``training``: hard_swish over a large activation is then computed
+    by a fused XLA kernel (same values; inference and export keep plain TF ops, which TF Lite
+    converts and which cost a streaming step no XLA launch).
+    """
     if name in ("swish", "simple_swish"):
-        return tf.nn.silu
+        return lambda x, training=None: tf.nn.silu(x)
     if name == "hard_swish":
-        return lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+        return lambda x, training=None: training_hard_swish(x) if training and worth_fusing(x) else hard_swish(x)
     if name == "hard_sigmoid":
-        return lambda x: tf.nn.relu6(x + 3.0) * HARD_SIGMOID_SCALE
+        return lambda x, training=None: tf.nn.relu6(x + 3.0) * HARD_SIGMOID_SCALE
     if name == "sigmoid":
-        return tf.sigmoid
+        return lambda x, training=None: tf.sigmoid(x)
     if name == "relu":
-        return tf.nn.relu
+        return lambda x, training=None: tf.nn.relu(x)
     if name == "relu6":
-        return tf.nn.relu6
+        return lambda x, training=None: tf.nn.relu6(x)
     if name == "linear":
-        return tf.identity
+        return lambda x, training=None: tf.identity(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -254,7 +294,7 @@ class ConvNorm(keras.layers.Layer):
             y = self.convolve(x, self.kernel, self.bias)
             if self.bn is not None:
                 y = self.bn(y, training=training)
-        return self.act(y) if self.act else y
+        return self.act(y, training=training) if self.act else y
 
     def fold(self, extra_scale: float = 1.0) -> None:
         """Folds the BN, and a constant factor applied after it, into the kernel and a bias."""
@@ -360,7 +400,7 @@ class FeatureConv(keras.layers.Layer):
     def normalize(self, y, bn, training):
         """``bn`` (or, folded, the bias that replaced it), then the activation."""
         if self.folded is None:
-            return self.act(bn(y, training=training))
+            return self.act(bn(y, training=training), training=training)
         check_not_training(self, training)
         return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype)))
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import movinet
-from movinet.layers import BatchNorm, ConvNorm, FeatureConv
+from movinet.layers import BatchNorm, ConvNorm, FeatureConv, hard_swish, training_hard_swish, worth_fusing
 from movinet.model import StateError
 from tests.helpers import FIXTURES, randomize_weights
 
@@ -216,3 +216,42 @@ def test_fused_batch_norm_trains_like_the_keras_layer(shape):
         results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x)])
     for keras_value, fused_value in zip(*results):
         np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float16])
+def test_fused_training_hard_swish_matches_the_plain_ops(dtype):
+    """Values and gradients of the XLA-fused hard_swish equal autodiff through the plain ops,
+    at the kinks (-3, 3) too, where Relu6's gradient takes its closed bounds."""
+    x = tf.constant(np.concatenate([np.linspace(-5, 5, 41), [-3.0, 3.0, -3.0001, 2.9999]]), dtype)
+    weights = tf.cast(tf.range(x.shape[0]) % 7 - 3, dtype)
+    results = []
+    for act in (hard_swish, training_hard_swish):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = act(x)
+            loss = tf.reduce_sum(y * weights)
+        results.append((y, tape.gradient(loss, x)))
+    tolerance = 1e-6 if dtype == tf.float32 else 1e-2
+    for plain, fused in zip(*results):
+        assert fused.dtype == dtype
+        np.testing.assert_allclose(fused.numpy().astype(np.float64), plain.numpy().astype(np.float64),
+                                   atol=tolerance, rtol=tolerance)
+
+
+def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatch):
+    model = movinet.build_model("a0", "stream", num_classes=3)
+    clip = tf.random.uniform([1, 4, 128, 128, 3])
+    sizes = []
+    monkeypatch.setattr(movinet.layers, "worth_fusing",
+                        lambda x: sizes.append(np.prod(x.shape)) or worth_fusing(x))
+    called = {}
+    for training in (True, False):
+        graph = tf.function(lambda x: model(x, training=training)).get_concrete_function(clip).graph
+        called[training] = [op.get_attr("f").name for op in graph.get_operations()
+                            if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    large = sum(size >= 2 ** 18 for size in sizes)
+    assert 0 < large < len(sizes)     # at 4x128x128 block0's expansion is large, the SE tensors are not
+    assert sum("_fused_hard_swish" in name for name in called[True]) == large
+    assert not any("_fused_hard_swish" in name for name in called[False])
+    # Only the known dimensions count: with the batch dynamic, the size of one example.
+    assert worth_fusing(keras.Input((4, 128, 128, 24))) and not worth_fusing(tf.zeros([2, 4, 8, 8, 24]))
