@@ -5,9 +5,12 @@
 
 Runs the demo space (specs/spaces/demo.yaml: synthetic motion clips, one CPU per trial) as a search
 of ``--trials`` trials on a fresh local Ray of ``--cpus`` CPUs, with the space's own budget (4 epochs
-of 512 clips; about 5 minutes on 2 CPUs) unless ``--epochs``/``--train-clips`` say otherwise, and
+of 512 clips; about 4 minutes on 2 CPUs) unless ``--epochs``/``--train-clips`` say otherwise, and
 accounts for every second of every trial slot from the call to ``search.run_search`` until it
-returns (results written):
+returns (results written). The search runs as any random search does: its trials are drawn up front
+and start in decreasing multiply-adds (``Sampler.plan``), and only the trial processes import
+TensorFlow, with oneDNN as the environment says (the benchmark calls ``run_search``, not
+``movinet search``, which switches oneDNN on).
 
     share = sum over trials of fit_seconds / (wall seconds x trial slots)
 
