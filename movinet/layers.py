@@ -241,6 +241,7 @@ class ConvNorm(keras.layers.Layer):
         self.depthwise = depthwise
         self.use_bias = use_bias
         self.settings = settings
+        self.activation = activation
         self.act = activation_fn(activation) if activation else None
         self.bn = settings.batch_norm("bn") if use_bn else None
         self.folded = None
@@ -296,16 +297,40 @@ class ConvNorm(keras.layers.Layer):
                 y = self.bn(y, training=training)
         return self.act(y, training=training) if self.act else y
 
-    def fold(self, extra_scale: float = 1.0) -> None:
-        """Folds the BN, and a constant factor applied after it, into the kernel and a bias."""
+    def fold(self, extra_scale: float = 1.0, input_scale: float = 1.0, shift: float = 0.0) -> None:
+        """Folds the BN into the kernel and a bias, with constant factors around it.
+
+        ``extra_scale`` multiplies the output before the activation (a ReZero scale),
+        ``input_scale`` the input (a factor the layer before left out), ``shift`` is added
+        before the activation.
+        """
         if extra_scale != 1.0 and self.act is not None:
             raise ValueError(f"{self.name}: a factor after the activation cannot be folded")
-        kernel = self.kernel.numpy()
+        kernel = self.kernel.numpy() * input_scale
         channels = kernel.shape[-2] if self.depthwise else kernel.shape[-1]
         bias = self.bias.numpy() if self.bias is not None else np.zeros(channels)
         scale, offset = batch_norm_affine(self.bn) if self.bn is not None else (np.ones(channels), 0.0)
-        scale, bias = scale * extra_scale, (bias * scale + offset) * extra_scale
+        scale, bias = scale * extra_scale, (bias * scale + offset) * extra_scale + shift
         self.folded = folded_constants(kernel, scale, bias, channel_axis=-2 if self.depthwise else -1)
+
+    def drop_output_factor(self) -> float:
+        """Folding: leaves out the constant factor of its activation (hard_swish's 1/6, hard_sigmoid's
+        +3 and scale) where the next layer is linear and takes it over; returns that factor.
+
+        The ``shift`` of hard_sigmoid is returned by ``fold_shift``. Only for outputs that no
+        state holds (states must keep their values).
+        """
+        if self.activation == "hard_swish":
+            self.act = lambda x, training=None: x * tf.nn.relu6(x + 3.0)
+            return 1.0 / 6.0
+        if self.activation == "hard_sigmoid":
+            self.act = lambda x, training=None: tf.nn.relu6(x)
+            return HARD_SIGMOID_SCALE
+        return 1.0
+
+    def fold_shift(self) -> float:
+        """The constant added before the activation once ``drop_output_factor`` changed it."""
+        return 3.0 if self.activation == "hard_sigmoid" else 0.0
 
 
 class FeatureConv(keras.layers.Layer):
@@ -404,14 +429,17 @@ class FeatureConv(keras.layers.Layer):
         check_not_training(self, training)
         return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype)))
 
-    def fold(self) -> None:
-        """Folds each BN into the depthwise kernel before it (inference only)."""
+    def fold(self, input_scale: float = 1.0) -> None:
+        """Folds each BN into the depthwise kernel before it (inference only); ``input_scale``
+        is a factor of the input to take over (separable only: a '3d' buffer holds the input)."""
         if self.separable:
-            self.spatial.fold()
+            self.spatial.fold(input_scale=input_scale)
             if self.kernel_t > 1:
                 scale, offset = batch_norm_affine(self.bn_temporal)
                 self.folded = folded_constants(self.temporal_kernel.numpy(), scale, offset, channel_axis=-2)
         else:
+            if input_scale != 1.0:
+                raise ValueError(f"{self.name}: the stream buffer holds the input; its scale cannot change")
             scale, offset = batch_norm_affine(self.bn)
             self.folded = folded_constants(self.kernel.numpy(), scale, offset)
 
@@ -461,6 +489,12 @@ def cumulative_mean(per_frame, states, prefix, causal):
     previous = states.get(buffer_name)
     previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
     frames = dims(per_frame)[1]
+    if frames == 1 and previous is not None:
+        # A one-frame step (streaming): the running mean moves toward the new frame; 4 ops per
+        # pool instead of the cumulative sums' ~8.
+        previous = tf.cast(previous, tf.float32)
+        means = previous + (per_frame - previous) / (seen + 1.0)
+        return tf.cast(means, dtype), {buffer_name: tf.cast(means, dtype), count_name: count + 1}
     if causal:
         sums = tf.cumsum(per_frame, axis=1) + previous_sum
         totals = seen + tf.cast(tf.range(1, frames + 1), tf.float32)
@@ -599,13 +633,24 @@ class Bottleneck(keras.layers.Layer):
         return x + skip, new_states
 
     def fold(self) -> None:
-        """Folds every BN, and the ReZero scale, into the convolutions (inference only)."""
+        """Folds every BN, and the ReZero scale, into the convolutions (inference only).
+
+        Constant factors of activations move into the linear layer after them where no state
+        holds the activation: the expansion's hard_swish 1/6 into a separable spatial conv, the SE
+        reduction's into the SE expansion, the hard_sigmoid gate's +3 into the SE expansion's bias
+        and its scale into the projection. Each saves an element-wise op per frame.
+        """
+        spatial_scale = self.expansion.drop_output_factor() if self.feature.separable else 1.0
         self.expansion.fold()
-        self.feature.fold()
+        self.feature.fold(input_scale=spatial_scale)
+        gate_scale = 1.0
         if self.se is not None:
+            expand_scale = self.se.reduce.drop_output_factor()
             self.se.reduce.fold()
-            self.se.expand.fold()
-        self.projection.fold(extra_scale=float(self.rezero.numpy()))
+            shift = self.se.expand.fold_shift()
+            gate_scale = self.se.expand.drop_output_factor()
+            self.se.expand.fold(input_scale=expand_scale, shift=shift)
+        self.projection.fold(extra_scale=float(self.rezero.numpy()), input_scale=gate_scale)
         if self.skip is not None:
             self.skip.fold()
         self.folded = True
