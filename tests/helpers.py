@@ -1,9 +1,14 @@
-"""Helpers shared by the tests: fixture paths and weight randomization."""
+"""Helpers shared by the tests: fixture paths, weight randomization, small random models and clips, videos."""
 
 from pathlib import Path
 
 import av
+import keras
 import numpy as np
+
+import movinet
+from movinet.data.synthetic import synthetic_motion
+from movinet.spec import spec_from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -44,3 +49,55 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+# Small stream models for export and prediction tests.
+RESOLUTION = 64
+NUM_CLASSES = 5
+
+# Two blocks, a 3- and a 5-frame temporal kernel, a stride-1 layer: every state kind, converted in seconds.
+TINY_SPEC = spec_from_dict({
+    "name": "tiny", "stem": {"filters": 8},
+    "blocks": [{"filters": 16, "layers": [{"expand": 32, "kernel": [3, 3, 3], "stride": [1, 2, 2]},
+                                          {"expand": 32, "kernel": [1, 3, 3]}]},
+               {"filters": 24, "layers": [{"expand": 48, "kernel": [5, 3, 3], "stride": [1, 2, 2]}]}],
+    "head": {"project_filters": 48, "head_filters": 64},
+    "input": {"frames": 8, "resolution": RESOLUTION, "fps": 5}})
+
+
+def clips(count, split="test", frames=8):
+    return synthetic_motion(count, frames, RESOLUTION, NUM_CLASSES, split=split)[0]
+
+
+def unit_logits(model, videos):
+    """Scales the last layer so that logits have unit spread, the size a trained classifier gives.
+
+    Tolerances on logits then mean the same as for a trained model (the random classifier's
+    logits are about 0.1).
+    """
+    layer = model.classifier.classifier
+    scale = 1.0 / model(videos).numpy().std()
+    layer.kernel.assign(layer.kernel.numpy() * scale)
+    layer.bias.assign(layer.bias.numpy() * scale)
+    return model
+
+
+def clip_dependent_logits(model, videos):
+    """Rescales the last layer so that each logit varies by about 1 between ``videos``.
+
+    A random network's logits barely depend on the clip, so every clip would get the same
+    top-1 class and a top-1 agreement would say nothing; after this the top-1 class follows
+    the clip. The classifier kernel becomes large, so rounding errors grow with it.
+    """
+    layer = model.classifier.classifier
+    logits = model(videos).numpy() - layer.bias.numpy()
+    scale = 1.0 / np.maximum(logits.std(axis=0), 1e-6)
+    layer.kernel.assign(layer.kernel.numpy() * scale)
+    layer.bias.assign(-logits.mean(axis=0) * scale)
+    return model
+
+
+def random_model(spec, mode="stream", scaling=unit_logits, seed=0):
+    keras.utils.set_random_seed(seed)   # the kernels too, so every run tests the same model
+    model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES), seed)
+    return scaling(model, clips(6, split="train"))

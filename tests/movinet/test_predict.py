@@ -8,8 +8,7 @@ import pytest
 
 from cli.main import main
 from movinet import checkpoints, predict
-from tests.helpers import CODECS, write_video
-from tests.movinet.test_export import RESOLUTION, TINY_SPEC, clips, random_model
+from tests.helpers import CODECS, RESOLUTION, TINY_SPEC, clips, random_model, write_video
 
 def motion_video(path: Path, frames: int = 16, fps: int = 10) -> Path:
     return write_video(path, (clips(1, frames=frames)[0] * 255).astype(np.uint8), fps)
