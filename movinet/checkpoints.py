@@ -13,6 +13,7 @@ the checkpoint alone rebuilds its model (:func:`load_model`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
@@ -95,12 +96,17 @@ def _squeezed(shape) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
+def _is_archive(path) -> bool:
+    return Path(path).is_file() and Path(path).name.endswith((".tar.gz", ".tgz", ".tar"))
+
+
 def resolve_checkpoint_path(path: "str | os.PathLike", workdir: str | None = None) -> str:
-    """A checkpoint prefix from a directory, a prefix, or a .tar.gz holding one."""
+    """A checkpoint prefix from a directory, a prefix, or a .tar.gz holding one (extracted into
+    ``workdir``, else a new temporary folder the caller owns: ``opened_checkpoint`` removes it)."""
     path = Path(path)
     if not path.exists() and not Path(str(path) + ".index").exists():
         raise CheckpointError(f"{path}: no such checkpoint (not a file, directory or prefix)")
-    if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+    if _is_archive(path):
         workdir = workdir or tempfile.mkdtemp(prefix="movinet_ckpt_")
         try:
             with tarfile.open(path) as archive:
@@ -121,22 +127,38 @@ def resolve_checkpoint_path(path: "str | os.PathLike", workdir: str | None = Non
     return str(path)
 
 
+@contextlib.contextmanager
+def opened_checkpoint(path: "str | os.PathLike"):
+    """``resolve_checkpoint_path`` for the length of a ``with``: an archive is extracted into a
+    temporary folder that is removed afterwards (a load would otherwise leave one per call)."""
+    if _is_archive(path):
+        with tempfile.TemporaryDirectory(prefix="movinet_ckpt_") as workdir:
+            yield resolve_checkpoint_path(path, workdir)
+    else:
+        yield resolve_checkpoint_path(path)
+
+
 def load_weights(model, path: "str | os.PathLike", skip_classifier: bool = False) -> dict:
     """Loads an official (or our own) checkpoint into ``model``; all or nothing.
 
     Args:
       skip_classifier: leave the classifier as initialised (fine-tuning to new classes).
     Returns:
-      {"loaded": n, "checkpoint": prefix, "ignored": [keys outside the model tree]}.
+      {"loaded": n, "checkpoint": prefix (inside the archive, when ``path`` is one)}.
     Raises:
       CheckpointError listing missing, unexpected and wrongly shaped variables; no variable
       is assigned then.
     """
-    prefix = resolve_checkpoint_path(path)
+    with opened_checkpoint(path) as prefix:
+        shown = f"{path}:{Path(prefix).name}" if _is_archive(path) else prefix
+        return _load_weights(model, prefix, shown, skip_classifier)
+
+
+def _load_weights(model, prefix: str, shown: str, skip_classifier: bool) -> dict:
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as err:
-        raise CheckpointError(f"{prefix}: cannot read checkpoint ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{shown}: cannot read checkpoint ({str(err).splitlines()[0]})") from None
     available = {}
     for key in reader.get_variable_to_shape_map():
         if key.startswith("model/") and key.endswith(SUFFIX) and "/_optimizer" not in key:
@@ -156,7 +178,7 @@ def load_weights(model, path: "str | os.PathLike", skip_classifier: bool = False
             if _squeezed(shape) != _squeezed(variable.shape):
                 misshaped.append(f"{key}: checkpoint {list(shape)} vs model {list(variable.shape)}")
     if missing or unexpected or misshaped:
-        lines = [f"checkpoint {prefix} does not fit {model.spec.name} ({model.mode}, conv_type="
+        lines = [f"checkpoint {shown} does not fit {model.spec.name} ({model.mode}, conv_type="
                  f"{model.options.conv_type}, se_type={model.options.se_type}, "
                  f"{model.options.num_classes} classes):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
@@ -167,7 +189,7 @@ def load_weights(model, path: "str | os.PathLike", skip_classifier: bool = False
         raise CheckpointError("\n".join(lines))
     for key, variable in entries:
         variable.assign(np.reshape(reader.get_tensor(available[key]), variable.shape))
-    return {"loaded": len(entries), "checkpoint": prefix}
+    return {"loaded": len(entries), "checkpoint": shown}
 
 
 def official_shape(key: str, variable, options: ModelOptions) -> list[int]:

@@ -2,6 +2,8 @@
 
 import json
 import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,10 +49,14 @@ def test_tar_gz_and_prefix_paths_load(tmp_path):
                 tar.add(item, arcname=f"movinet_a0_base/{item.name}")
     meta = json.loads((OFFICIAL / "a0_base" / "meta.json").read_text())
     io = np.load(OFFICIAL / "a0_base" / "io.npz")
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("movinet_ckpt_*"))
     for path in (archive, OFFICIAL / "a0_base" / "ckpt-1"):
         model = build_from_meta(meta)
-        load_weights(model, path)
+        result = load_weights(model, path)
         np.testing.assert_allclose(model(io["video"]).numpy(), io["logits"], atol=1e-4)
+        assert result["checkpoint"].startswith(str(path))
+    assert set(temp.glob("movinet_ckpt_*")) == before      # the extracted archive is gone
 
 
 def test_wrong_model_id_lists_the_mismatch_and_assigns_nothing():
