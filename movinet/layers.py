@@ -489,7 +489,7 @@ def cumulative_mean(per_frame, states, prefix, causal):
     previous = states.get(buffer_name)
     previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
     frames = dims(per_frame)[1]
-    if frames == 1 and previous is not None:
+    if isinstance(frames, int) and frames == 1 and previous is not None:
         # A one-frame step (streaming): the running mean moves toward the new frame; 4 ops per
         # pool instead of the cumulative sums' ~8.
         previous = tf.cast(previous, tf.float32)
