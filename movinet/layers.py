@@ -382,26 +382,36 @@ class FeatureConv(keras.layers.Layer):
                 initializer=initializer, regularizer=regularizer)
             self.bn.build(input_shape)
 
-    def temporal_conv(self, padded, kernel):
-        """The depthwise (kt, 1) conv along time of ``padded`` ([B, T+kt-1, H, W, C]), 'valid'.
+    def temporal_conv(self, x, kernel, front: int = 0, back: int = 0):
+        """The depthwise (kt, 1) conv along time of ``x`` ([B, T, H, W, C]) with ``front`` and
+        ``back`` frames of zero padding (none: 'valid' over already padded frames).
 
-        One DepthwiseConv2D over [B, T+kt-1, H*W, C]: its gradient is ~20x faster on CPU than
-        the sum of kt time slices, and a stream step is one op.
+        One DepthwiseConv2D over [B, T, H*W, C]: its gradient is ~20x faster on CPU than the sum
+        of kt time slices, and a stream step is one op. Padding is the op's own (explicit), so
+        training makes no padded copy of the activations, nor slices it off the gradient.
         """
-        batch, padded_frames, height, width, channels = dims(padded)
-        frames = padded_frames - (self.kernel_t - 1)
-        y = tf.nn.depthwise_conv2d(tf.reshape(padded, [batch, padded_frames, -1, channels]),
-                                   tf.cast(kernel, padded.dtype), [1, 1, 1, 1], "VALID")
-        return tf.reshape(y, [batch, frames, height, width, channels])
+        batch, frames, height, width, channels = dims(x)
+        padding = "VALID" if front == back == 0 else [[0, 0], [front, back], [0, 0], [0, 0]]
+        y = tf.nn.depthwise_conv2d(tf.reshape(x, [batch, frames, -1, channels]), tf.cast(kernel, x.dtype),
+                                   [1, 1, 1, 1], padding)
+        return tf.reshape(y, [batch, frames + front + back - (self.kernel_t - 1), height, width, channels])
 
     def call(self, x, states, training=None):
         new_states = {}
         if self.separable:
             x = self.spatial(x, training=training)
             if self.kernel_t > 1:
-                padded, buffer = temporal_padding(x, self.kernel_t, self.causal, states.get(self.buffer_name))
                 kernel = self.temporal_kernel if self.folded is None else self.folded[0]
-                x = self.normalize(self.temporal_conv(padded, kernel), self.bn_temporal, training)
+                previous = states.get(self.buffer_name)
+                padded, buffer = temporal_padding(x, self.kernel_t, self.causal, previous)
+                if previous is None:
+                    # The start of a clip (training, base mode): zero padding inside the conv. The
+                    # padded copy then only serves the new buffer, and is pruned when unused.
+                    front = self.kernel_t - 1 if self.causal else (self.kernel_t - 1) // 2
+                    y = self.temporal_conv(x, kernel, front, self.kernel_t - 1 - front)
+                else:
+                    y = self.temporal_conv(padded, kernel)
+                x = self.normalize(y, self.bn_temporal, training)
                 if buffer is not None:
                     new_states[self.buffer_name] = buffer
             return x, new_states
