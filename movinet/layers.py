@@ -499,12 +499,6 @@ def cumulative_mean(per_frame, states, prefix, causal):
     previous = states.get(buffer_name)
     previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
     frames = dims(per_frame)[1]
-    if isinstance(frames, int) and frames == 1 and previous is not None:
-        # A one-frame step (streaming): the running mean moves toward the new frame; 4 ops per
-        # pool instead of the cumulative sums' ~8.
-        previous = tf.cast(previous, tf.float32)
-        means = previous + (per_frame - previous) / (seen + 1.0)
-        return tf.cast(means, dtype), {buffer_name: tf.cast(means, dtype), count_name: count + 1}
     if causal:
         sums = tf.cumsum(per_frame, axis=1) + previous_sum
         totals = seen + tf.cast(tf.range(1, frames + 1), tf.float32)
