@@ -324,7 +324,7 @@ class ConvNorm(keras.layers.Layer):
             self.act = lambda x, training=None: x * tf.nn.relu6(x + 3.0)
             return 1.0 / 6.0
         if self.activation == "hard_sigmoid":
-            self.act = lambda x, training=None: tf.nn.relu6(x)
+            self.act = activation_fn("relu6")
             return HARD_SIGMOID_SCALE
         return 1.0
 
@@ -403,13 +403,14 @@ class FeatureConv(keras.layers.Layer):
             if self.kernel_t > 1:
                 kernel = self.temporal_kernel if self.folded is None else self.folded[0]
                 previous = states.get(self.buffer_name)
-                padded, buffer = temporal_padding(x, self.kernel_t, self.causal, previous)
                 if previous is None:
-                    # The start of a clip (training, base mode): zero padding inside the conv. The
-                    # padded copy then only serves the new buffer, and is pruned when unused.
+                    # The start of a clip (training, base mode): zero padding inside the conv. A
+                    # causal layer still returns its next buffer (a graph prunes it when unused).
                     front = self.kernel_t - 1 if self.causal else (self.kernel_t - 1) // 2
                     y = self.temporal_conv(x, kernel, front, self.kernel_t - 1 - front)
+                    buffer = temporal_padding(x, self.kernel_t, True, None)[1] if self.causal else None
                 else:
+                    padded, buffer = temporal_padding(x, self.kernel_t, self.causal, previous)
                     y = self.temporal_conv(padded, kernel)
                 x = self.normalize(y, self.bn_temporal, training)
                 if buffer is not None:
