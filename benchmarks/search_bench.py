@@ -106,7 +106,7 @@ def account(result, began: float, ended: float, slots: int) -> dict:
         parts["tune_wrap_up"] += trials_done - last_end
         parts["ray_stop"] += phases["ray_stop"][1] - phases["ray_stop"][0]
         parts["results"] += phases["results"][1] - phases["results"][0]
-        parts["return"] += ended - phases["results"][1]
+        parts["return"] += ended - at
     for row in rows:
         fit = row["fit_seconds"] or 0.0
         parts["fit"] += fit
@@ -136,8 +136,8 @@ LINES = (   # (part, label, counts in the share's numerator)
     ("between_trials", "between trials of a slot", False),
     ("idle_tail", "slots idle while the last trials run", False),
     ("tune_wrap_up", "Tune wrap-up after the last trial", False),
-    ("ray_stop", "Ray shutdown", False),
     ("results", "result writing (tables, plot, best)", False),
+    ("ray_stop", "Ray shutdown (the rest after result writing)", False),
     ("return", "summary printing", False),
 )
 

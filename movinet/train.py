@@ -58,6 +58,7 @@ RESUMABLE_CHANGES = ("train.epochs", "train.verbose", "train.max_seconds", "trai
 
 TRIAL_NORM_MOMENTUM = 0.9
 EpochHook = Callable[[dict], None]
+ModelHook = Callable[[keras.Model], None]
 
 
 def make_strategy(name: str, tpu_address: str | None = None) -> tf.distribute.Strategy:
@@ -369,7 +370,8 @@ class _RunFolder:
 
 def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfig,
           train_config: TrainConfig, run_dir: str | os.PathLike | None, *,
-          model_options: Mapping[str, Any] | None = None, on_epoch_end: EpochHook | None = None) -> dict:
+          model_options: Mapping[str, Any] | None = None, on_epoch_end: EpochHook | None = None,
+          on_model_built: ModelHook | None = None) -> dict:
     """Trains a MoViNet on ``data_config`` into ``run_dir``, resuming a run found there.
 
     Args:
@@ -380,6 +382,8 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
       model_options: ModelOptions fields besides the recipe's dropout, stochastic depth and L2.
       on_epoch_end: called with each finished epoch's metrics (a search reports them to its
         scheduler); raising from it interrupts training after that epoch's checkpoint.
+      on_model_built: called with the model once it is built (and restored), before the first
+        step; a search times it per frame there instead of building a second model.
     Returns:
       The last evaluation: top1, top5, loss (validation) with train_loss, train_top1, epoch,
       steps, seconds, stopped_by_budget, skipped_files, params and run_dir (None without one).
@@ -420,6 +424,8 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
             folder.truncate_history(int(epoch.numpy()))
         elif train_config.init_checkpoint:
             _load_init_checkpoint(model, train_config.init_checkpoint)
+        if on_model_built is not None:
+            on_model_built(model)
         if folder.writes:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -506,7 +512,7 @@ def _number(text: str):
 def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: DataConfig | None = None,
                     budget: Mapping[str, Any] | None = None, *, train_config: TrainConfig | None = None,
                     model_options: Mapping[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
-                    report: EpochHook | None = None) -> dict:
+                    report: EpochHook | None = None, on_model_built: ModelHook | None = None) -> dict:
     """Trains one search candidate within a budget, with the same code as ``train``.
 
     A trial is a few hundred steps, too few for batch-norm moving averages of the official
@@ -519,6 +525,7 @@ def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: Da
       run_dir: where to keep the run (see ``train``); by default nothing is written, which spares
         a trial the checkpoints, logs and model save of every epoch that nobody would read.
       report: called after every epoch with its metrics (``epoch``, ``top1``, ``top5``, ``loss``).
+      on_model_built: called with the built model before training (see ``train``).
     Returns:
       {top1, top5, loss, epoch, steps, seconds, params, stopped_by_budget, ...} of the last evaluation.
     """
@@ -527,4 +534,5 @@ def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: Da
     config = TrainConfig.from_dict(settings)
     data_config = data_config or DataConfig()
     options = {"norm_momentum": TRIAL_NORM_MOMENTUM, **dict(model_options or {})}
-    return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report)
+    return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report,
+                 on_model_built=on_model_built)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -50,6 +51,21 @@ def runtime_env() -> dict:
     return {"env_vars": env}
 
 
+# The shutdown of the Ray that ``run`` started: most of it is waiting for Ray's processes to exit,
+# so it goes on in this thread while the driver writes the results (``wait_stopped`` joins it).
+_stopping: threading.Thread | None = None
+
+
+def wait_stopped() -> float:
+    """Waits until the Ray that ``run`` started has shut down; returns the seconds waited here."""
+    global _stopping
+    began = time.monotonic()
+    if _stopping is not None:
+        _stopping.join()
+        _stopping = None
+    return time.monotonic() - began
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray.
 
@@ -58,6 +74,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     trials' own start for the CPUs. ``address="local"`` starts a new Ray even where a cluster
     started on this machine left its address behind (``ray.init()`` would join that one).
     """
+    wait_stopped()
     if ray.is_initialized():
         return False
     if address is None:
@@ -187,8 +204,10 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
         echo: Callable[[str], None] = print) -> dict[str, float]:
     """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``.
 
-    Returns the seconds of its phases: {"ray_start": ..., "trials": ..., "ray_stop": ...}.
+    A Ray it started shuts down in the background: ``wait_stopped()`` waits for that.
+    Returns the seconds of its phases: {"ray_start": ..., "trials": ...}.
     """
+    global _stopping
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # no result boxes: progress lines come from the callback
     began = time.monotonic()
     started = connect(address, num_cpus)
@@ -224,9 +243,8 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
-        stopping = time.monotonic()
-        timings["trials"] = stopping - began - timings["ray_start"]
+        timings["trials"] = time.monotonic() - began - timings["ray_start"]
         if started:
-            ray.shutdown()
-        timings["ray_stop"] = time.monotonic() - stopping
+            _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            _stopping.start()
     return timings

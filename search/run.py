@@ -31,7 +31,8 @@ class SearchError(RuntimeError):
 @dataclasses.dataclass
 class SearchResult:
     """What a search wrote, and ``timings``: the seconds of its phases in order, ``prepare`` (checks,
-    sampler), the backend's (``ray_start``, ``trials``, ``ray_stop`` on Ray), then ``results``."""
+    sampler), the backend's (``ray_start``, ``trials`` on Ray), ``results``, then on Ray ``ray_stop``
+    (what is left of Ray's shutdown, which runs while the results are written)."""
 
     folder: Path
     rows: list[dict]
@@ -110,15 +111,18 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     else:
         from search import kerastuner_backend as backend_module
     timings = {"prepare": time.monotonic() - began}
-    if remaining > 0:
-        cluster = {"address": address, "num_cpus": num_cpus} if backend == "ray" else {}
-        timings.update(backend_module.run(space, sampler, ledger, trial_fn, remaining=remaining, done=len(rows),
-                                          total=total, echo=echo, **cluster))
-
-    writing = time.monotonic()
-    rows = ledger.rows()
-    written = write_results(folder, rows, space.objective)
-    timings["results"] = time.monotonic() - writing
+    try:
+        if remaining > 0:
+            cluster = {"address": address, "num_cpus": num_cpus} if backend == "ray" else {}
+            timings.update(backend_module.run(space, sampler, ledger, trial_fn, remaining=remaining,
+                                              done=len(rows), total=total, echo=echo, **cluster))
+        writing = time.monotonic()
+        rows = ledger.rows()
+        written = write_results(folder, rows, space.objective)
+        timings["results"] = time.monotonic() - writing
+    finally:
+        if backend == "ray":   # a local Ray shuts down while the results are written
+            timings["ray_stop"] = backend_module.wait_stopped()
     echo(summary_table(rows, space.objective, sampler.rejected))
     if "best_spec.yaml" in written:
         echo(f"best spec: {written['best_spec.yaml']}")

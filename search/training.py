@@ -33,7 +33,8 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
     Besides the metrics, every report says where the trial's time went: ``import_seconds``
     (importing TensorFlow, Keras and the model code, which the first trial of a process pays,
     and clearing the previous trial's Keras state),
-    ``probe_seconds`` (building the stream model and timing it per frame) and ``fit_seconds``
+    ``probe_seconds`` (timing the stream model per frame: tracing its one-frame step, then the
+    frames; the model is the one about to be trained, so it is built once) and ``fit_seconds``
     (the trainer's own time of its epochs: training steps, data loading included, then the
     validation pass; the first step traces the training function, so tracing counts here).
     """
@@ -41,25 +42,24 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
     hold_threads(space.settings.cpus)
     import keras
 
-    from movinet.model import build_model
     from movinet.train import train_candidate
 
     keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
-    imported = time.monotonic()
+    timing = {"import_seconds": time.monotonic() - began, "probe_seconds": 0.0, "fit_seconds": 0.0}
+    latency = {}
 
-    model = build_model(candidate.spec, MODE, num_classes=space.num_classes, **candidate.options)
-    latency_ms = stream_latency_ms(model, candidate.resolution)
-    del model
-    timing = {"import_seconds": imported - began, "probe_seconds": time.monotonic() - imported,
-              "fit_seconds": 0.0}
+    def probe(model) -> None:
+        probing = time.monotonic()
+        latency["latency_ms"] = stream_latency_ms(model, candidate.resolution)
+        timing["probe_seconds"] = time.monotonic() - probing
 
     def on_epoch(metrics: Mapping) -> None:
         timing["fit_seconds"] += metrics["seconds"]
-        report({**{k: metrics[k] for k in REPORTED if k in metrics}, "latency_ms": latency_ms, **timing})
+        report({**{k: metrics[k] for k in REPORTED if k in metrics}, **latency, **timing})
 
     result = train_candidate(candidate.spec, MODE, data_config(space, candidate), space.budget,
-                             model_options=candidate.options, report=on_epoch)
-    return {**{k: result[k] for k in REPORTED if k in result}, "latency_ms": latency_ms, **timing}
+                             model_options=candidate.options, report=on_epoch, on_model_built=probe)
+    return {**{k: result[k] for k in REPORTED if k in result}, **latency, **timing}
 
 
 def check_training_sections(space: SearchSpace) -> SearchSpace:

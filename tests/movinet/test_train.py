@@ -145,12 +145,22 @@ def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_budget_stops_a_candidate_and_reports_every_epoch():
-    reports = []
+    reports, built = [], []
+
+    def on_model_built(model):   # before any epoch; keeps the weights it was handed
+        assert not reports
+        built.append((model, [w.copy() for w in model.get_weights()]))
+
     result = train_candidate(tiny_spec(), "stream", DataConfig(**TINY_DATA), {"epochs": 50, "max_seconds": 1.0},
-                             train_config=TrainConfig(**TINY_TRAIN), report=reports.append)
+                             train_config=TrainConfig(**TINY_TRAIN), report=reports.append,
+                             on_model_built=on_model_built)
     assert result["stopped_by_budget"] and result["epoch"] < 50
     assert reports and reports[-1]["epoch"] == result["epoch"]
     assert {"top1", "top5", "loss", "params", "seconds"} <= set(result)
+    # the hook saw the very model that trained: its weights moved after the hook returned
+    ((model, before),) = built
+    assert model.count_params() == result["params"]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def test_every_algorithm_and_backend_keeps_the_contract(backend, algorithm, tmp_
     result = run_search(TINY, backend=backend, algorithm=algorithm, num_trials=5, output_dir=tmp_path,
                         trial_fn=fakes.quick_trial, echo=quiet)
     wall = time.monotonic() - began
-    phases = ["prepare", "ray_start", "trials", "ray_stop", "results"] if backend == "ray" else \
+    phases = ["prepare", "ray_start", "trials", "results", "ray_stop"] if backend == "ray" else \
         ["prepare", "trials", "results"]
     assert list(result.timings) == phases and min(result.timings.values()) >= 0
     assert sum(result.timings.values()) <= wall
@@ -194,6 +194,32 @@ def test_the_drivers_tensorflow_switch_reaches_trials_on_a_cluster(ray_cluster, 
         for marker in starts:
             marker.unlink()
         (tmp_path / "out" / "tiny").rename(tmp_path / f"done-{value}")
+
+
+LOCAL_DRIVER = textwrap.dedent("""
+    import sys, threading, ray
+    sys.path.insert(0, {here!r})
+    import fakes
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(fakes)
+    from search import run_search
+    result = run_search({space!r}, output_dir={out!r}, num_cpus=1, trial_fn=fakes.quick_trial, echo=lambda l: None)
+    print(len(result.rows), list(result.timings), ray.is_initialized(),
+          any(t.name == "ray-shutdown" for t in threading.enumerate()))
+""")
+
+
+def test_a_search_starts_its_own_local_ray_and_has_stopped_it_when_it_returns(tmp_path):
+    """Without an address the search starts a Ray of its own, even where RAY_ADDRESS names another
+    one; Ray shuts down while the results are written, and is gone when run_search returns."""
+    path = space_file(tmp_path, search={"num_trials": 2})
+    script = LOCAL_DRIVER.format(here=str(HERE), space=str(path), out=str(tmp_path / "out"))
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}   # nothing listens there
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[0] == "2", done.stdout   # both trials ran
+    assert "['prepare', 'ray_start', 'trials', 'results', 'ray_stop']" in done.stdout
+    assert done.stdout.split()[-2:] == ["False", "False"], done.stdout
 
 
 REAL_DRIVER = textwrap.dedent("""
