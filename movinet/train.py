@@ -31,6 +31,7 @@ The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import shutil
@@ -194,13 +195,26 @@ class Trainer:
     def train_step(self, batch) -> dict[str, float]:
         return {k: float(v) for k, v in self._train_step(batch).items()}
 
-    def train_epoch(self, dataset, steps: int | None, progress: keras.utils.Progbar | None = None,
+    def batches(self, dataset: tf.data.Dataset):
+        """One iterator over ``dataset``, repeated and distributed, that every epoch of a run draws
+        its steps from in turn.
+
+        An iterator per epoch would be dropped at each epoch's end while its pipeline was already
+        preparing the next batches; dropping one whose parallel map was inside Python (the
+        ``numpy_function`` of the synthetic and video sources) stalled the process for about 5 s
+        (measured: two one-CPU trials side by side, epochs of 5 s taking 10 s). The pipeline also
+        keeps its buffers full across epoch boundaries.
+        """
+        return iter(self.distribute(dataset.repeat()))
+
+    def train_epoch(self, batches, steps: int | None, progress: keras.utils.Progbar | None = None,
                     deadline: float | None = None, on_step: Callable[[int, dict], None] | None = None
                     ) -> tuple[dict[str, float], bool]:
-        """One pass over ``dataset`` (at most ``steps`` batches); returns (metrics, stopped by deadline)."""
+        """``steps`` batches from ``batches`` (``batches()``, or any iterable of distributed batches,
+        all of which make the epoch when ``steps`` is None); returns (metrics, stopped by deadline)."""
         totals: dict[str, float] = {}
         stopped = False
-        for step, batch in enumerate(self.distribute(dataset), start=1):
+        for step, batch in enumerate(itertools.islice(batches, steps), start=1):
             for key, value in self.train_step(batch).items():
                 totals[key] = totals.get(key, 0.0) + value
             metrics = summarize_counts(totals)
@@ -209,9 +223,7 @@ class Trainer:
                                        ("lr", self.learning_rate)])
             if on_step is not None:
                 on_step(step, metrics)
-            if steps is not None and step >= steps:
-                break
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and step != steps:
                 stopped = True
                 break
         return summarize_counts(totals), stopped
@@ -452,14 +464,17 @@ def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, ep
 
     result = _last_result(folder)
     stopped = False
+    batches = None   # made with the first epoch to run: a run found complete starts no pipeline
     while int(epoch.numpy()) < config.epochs and not stopped:
+        if batches is None:
+            batches = trainer.batches(train_ds)
         number = int(epoch.numpy()) + 1
         if config.verbose:
             print(f"epoch {number}/{config.epochs}")
         progress = keras.utils.Progbar(steps_per_epoch, verbose=config.verbose,
                                        stateful_metrics=["loss", "top1", "lr"])
         began = time.monotonic()
-        train_metrics, stopped = trainer.train_epoch(train_ds, steps_per_epoch, progress, deadline,
+        train_metrics, stopped = trainer.train_epoch(batches, steps_per_epoch, progress, deadline,
                                                      log_step if folder.writes else None)
         val_metrics = trainer.evaluate(val_ds)
         row = {"epoch": number, "train_loss": train_metrics["loss"], "train_top1": train_metrics["top1"],
