@@ -8,7 +8,7 @@ activation as the model's spec says); any field can then be overridden.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping, Self
 
 from movinet.spec import ModelSpec
 
@@ -76,6 +76,25 @@ class ModelOptions:
 def unknown_fields(cls, names) -> list[str]:
     """The sorted ``names`` that are not fields of the dataclass ``cls`` (config readers' check)."""
     return sorted(set(names) - {f.name for f in dataclasses.fields(cls)})
+
+
+class Settings:
+    """``to_dict``/``from_dict`` of a settings dataclass (``DataConfig``, ``TrainConfig``):
+    ``from_dict`` refuses keys that are not fields, with the subclass's ``settings_error`` saying
+    ``unknown <settings_kind> setting(s) [...]``."""
+
+    settings_error: type[Exception] = ValueError   # class attributes, not dataclass fields
+    settings_kind = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        unknown = unknown_fields(cls, values)
+        if unknown:
+            raise cls.settings_error(f"unknown {cls.settings_kind} setting(s) {unknown}")
+        return cls(**values)
 
 
 def resolve_options(spec: ModelSpec, mode: str = "base", **overrides) -> ModelOptions:

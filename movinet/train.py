@@ -197,13 +197,11 @@ class Trainer:
 
     def batches(self, dataset: tf.data.Dataset):
         """One iterator over ``dataset``, repeated and distributed, that every epoch of a run draws
-        its steps from in turn.
+        its steps from in turn: the pipeline keeps its buffers full across epoch boundaries, and
+        an epoch has its steps even where a pass yields fewer batches (skipped videos).
 
-        An iterator per epoch would be dropped at each epoch's end while its pipeline was already
-        preparing the next batches; dropping one whose parallel map was inside Python (the
-        ``numpy_function`` of the synthetic and video sources) stalled the process for about 5 s
-        (measured: two one-CPU trials side by side, epochs of 5 s taking 10 s). The pipeline also
-        keeps its buffers full across epoch boundaries.
+        (Dropping an iterator per epoch had stalled trials for ~5 s at a time; the cause was
+        tf.data's model-based autotuning, which ``movinet.data.pipeline`` turns off.)
         """
         return iter(self.distribute(dataset.repeat()))
 

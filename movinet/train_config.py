@@ -7,9 +7,8 @@ A search driver validates its ``budget`` section with these alone, so it never i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
-from movinet.options import unknown_fields
+from movinet.options import Settings
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -21,7 +20,7 @@ class TrainError(ValueError):
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """How to train: the optimisation recipe, numerics, distribution, budget and bookkeeping.
 
     ``weight_decay`` is the official ``l2_weight_decay``: conv kernels get an L2 penalty of half of
@@ -55,6 +54,8 @@ class TrainConfig:
     verbose: int = 1
     seed: int = 0
 
+    settings_error, settings_kind = TrainError, "training"
+
     def __post_init__(self):
         checks = (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("strategy", STRATEGIES))
         for field, allowed in checks:
@@ -70,13 +71,3 @@ class TrainConfig:
             raise TrainError(f"label_smoothing={self.label_smoothing}: expected a fraction in [0, 1)")
         if self.clipnorm is not None and self.clipnorm <= 0:
             raise TrainError(f"clipnorm={self.clipnorm}: expected a positive number, or None for no clipping")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        unknown = unknown_fields(cls, values)
-        if unknown:
-            raise TrainError(f"unknown training setting(s) {unknown}")
-        return cls(**values)

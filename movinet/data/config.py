@@ -7,10 +7,9 @@ A search driver validates its ``data`` section with these alone, so it never imp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 from movinet.data.errors import DataError
-from movinet.options import unknown_fields
+from movinet.options import Settings
 
 SOURCES = ("synthetic", "folder", "csv", "tfrecord")
 SHORT_SIDE_RATIO = 1.125   # decode short side / crop size (official: 192 for 172, 288 for 256)
@@ -18,7 +17,7 @@ SYNTHETIC_CLASSES = 4      # directions of the synthetic motion set when num_cla
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(Settings):
     """Where clips come from and how they are cut.
 
     ``path`` is the folder (class sub-folders, or ``train/`` and ``val/`` folders of them), the
@@ -56,6 +55,8 @@ class DataConfig:
     parallel_calls: int | None = None
     seed: int = 0
 
+    settings_error, settings_kind = DataError, "data"
+
     def __post_init__(self):
         if self.source not in SOURCES:
             raise DataError(f"source={self.source!r}: expected one of {list(SOURCES)}")
@@ -84,16 +85,6 @@ class DataConfig:
         if self.min_image_size:
             return self.min_image_size
         return self.resolution if self.source == "synthetic" else round(self.resolution * SHORT_SIDE_RATIO)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
-        unknown = unknown_fields(cls, values)
-        if unknown:
-            raise DataError(f"unknown data setting(s) {unknown}")
-        return cls(**values)
 
 
 
