@@ -138,9 +138,12 @@ def test_tflite_base_model_on_a_fixed_clip(tmp_path):
     np.testing.assert_allclose(steps[-1][1], np.mean(windows, axis=0), atol=1e-4)
 
 
+# Run with -I -S: no .pth file runs, so an editable install's import hook cannot bring the project
+# back; site-packages (TensorFlow, NumPy) is put on the path by hand.
 RELOAD = textwrap.dedent("""
+    import site
     import sys
-    sys.path[:] = [p for p in sys.path if not p.startswith({repo!r})]
+    sys.path[:] = [p for p in sys.path + site.getsitepackages() if not p.startswith({repo!r})]
     import importlib.util
     assert importlib.util.find_spec("movinet") is None, "movinet must not be importable here"
     import numpy as np
@@ -175,7 +178,7 @@ def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     np.save(tmp_path / "frames.npy", frames)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    subprocess.run([sys.executable, "-I", "-c", RELOAD.format(repo=str(REPO))], cwd=tmp_path, env=env,
+    subprocess.run([sys.executable, "-I", "-S", "-c", RELOAD.format(repo=str(REPO))], cwd=tmp_path, env=env,
                    check=True, timeout=300)
 
     expected = frame_logits(stream, frames)
