@@ -58,14 +58,15 @@ def ours_stream(resolution: int = 172, frames: int = 60) -> float:
     return timed(run, repeats=frames, warmup=5)
 
 
-def ours_runner_stream(resolution: int = 172, frames: int = 60) -> float:
-    """movinet.export.KerasStreamRunner (what `movinet predict` steps): BN folded, states in variables."""
+def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: bool = False) -> float:
+    """movinet.export.KerasStreamRunner (what `movinet predict` steps): BN folded, states in variables;
+    with ``jit_compile`` the step is one XLA executable (`movinet predict --xla`)."""
     import numpy as np
 
     import movinet
     from movinet import export
 
-    runner = export.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution)
+    runner = export.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution, jit_compile=jit_compile)
     frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
     return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
@@ -215,6 +216,8 @@ def main():
             peak=peak, macs=macs)
         row("  KerasStreamRunner (BN folded, states held)", ours_runner_stream() * 1000, ref and ref["ms"],
             "ms", peak=peak, macs=macs)
+        row("  KerasStreamRunner compiled by XLA", ours_runner_stream(jit_compile=True) * 1000,
+            ref and ref["ms"], "ms", peak=peak, macs=macs)
         row("  TF Lite float32 export", ours_tflite_stream() * 1000, ref and ref["ms"], "ms", peak=peak, macs=macs)
     if "base" in only:
         macs = movinet.cost("a0", "base").macs

@@ -13,6 +13,8 @@ function as a grouped Conv3D (TF 'SAME' padding per axis) and ~100x faster on CP
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import keras
@@ -79,6 +81,56 @@ def activation_fn(name: str):
     if name == "linear":
         return lambda x, training=None: tf.identity(x)
     raise ValueError(f"unknown activation {name!r}")
+
+
+_DEPTHWISE_AS_TAPS = contextvars.ContextVar("depthwise_as_taps", default=False)
+
+
+@contextlib.contextmanager
+def depthwise_as_taps():
+    """Within it, functions traced compute every depthwise convolution as ``depthwise_conv2d`` taps.
+
+    For graphs compiled by XLA on CPU: XLA lowers a depthwise convolution to its generic grouped
+    convolution, a slow loop there (an A0 stream step took 37 ms), while shifted slices times a
+    channel vector fuse into one loop with their neighbours (11 ms). Plain TF runs them as one op
+    per tap, slower than its own depthwise kernel: use this only around XLA-compiled functions.
+    """
+    token = _DEPTHWISE_AS_TAPS.set(True)
+    try:
+        yield
+    finally:
+        _DEPTHWISE_AS_TAPS.reset(token)
+
+
+def depthwise_conv2d(x, kernel, strides, padding):
+    """``tf.nn.depthwise_conv2d`` (channel multiplier 1) of ``x`` [N, H, W, C] with ``kernel``
+    [kh, kw, C, 1]; padding 'SAME', 'VALID' or explicit [[0, 0], [top, bottom], [left, right], [0, 0]].
+
+    Under ``depthwise_as_taps()``: the sum over the kh*kw taps of the padded input's strided
+    window at that tap times the tap's channel weights, the same function as TF's op.
+    """
+    if not _DEPTHWISE_AS_TAPS.get():
+        return tf.nn.depthwise_conv2d(x, kernel, strides, padding)
+    kernel_h, kernel_w = kernel.shape[:2]
+    stride_h, stride_w = strides[1:3]
+    _, height, width, _ = dims(x)
+    if padding == "SAME":
+        pads = []
+        for size, k, s in ((height, kernel_h, stride_h), (width, kernel_w, stride_w)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads.append([total // 2, total - total // 2])
+        padding = [[0, 0], *pads, [0, 0]]
+    if padding != "VALID":
+        x = tf.pad(x, padding)
+        _, height, width, _ = dims(x)
+    out_h, out_w = (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
+    y = None
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            window = x[:, i:i + (out_h - 1) * stride_h + 1:stride_h, j:j + (out_w - 1) * stride_w + 1:stride_w]
+            tap = window * kernel[i, j, :, 0]
+            y = tap if y is None else y + tap
+    return y
 
 
 def dims(x) -> list:
@@ -278,7 +330,7 @@ class ConvNorm(keras.layers.Layer):
             frames = frames_to_batch(x) if rank5 else x
             strides = [1, self.stride, self.stride, 1]
             if self.depthwise:
-                y = tf.nn.depthwise_conv2d(frames, kernel, strides, "SAME")
+                y = depthwise_conv2d(frames, kernel, strides, "SAME")
             else:
                 y = tf.nn.conv2d(frames, kernel, strides, "SAME")
         if bias is not None:
@@ -392,8 +444,8 @@ class FeatureConv(keras.layers.Layer):
         """
         batch, frames, height, width, channels = dims(x)
         padding = "VALID" if front == back == 0 else [[0, 0], [front, back], [0, 0], [0, 0]]
-        y = tf.nn.depthwise_conv2d(tf.reshape(x, [batch, frames, -1, channels]), tf.cast(kernel, x.dtype),
-                                   [1, 1, 1, 1], padding)
+        y = depthwise_conv2d(tf.reshape(x, [batch, frames, -1, channels]), tf.cast(kernel, x.dtype), [1, 1, 1, 1],
+                             padding)
         return tf.reshape(y, [batch, frames + front + back - (self.kernel_t - 1), height, width, channels])
 
     def call(self, x, states, training=None):
@@ -429,7 +481,7 @@ class FeatureConv(keras.layers.Layer):
         for i in range(self.kernel_t):
             tap = tf.reshape(kernel[i], [self.kernel_h, self.kernel_w, channels, 1])
             window = padded[:, i:i + frames]
-            out = tf.nn.depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME")
+            out = depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME")
             y = out if y is None else y + out
         return self.normalize(batch_to_frames(y, x), self.bn, training), new_states
 

@@ -97,7 +97,7 @@ def clip_dependent_logits(model, videos):
     return model
 
 
-def random_model(spec, mode="stream", scaling=unit_logits, seed=0):
+def random_model(spec, mode="stream", scaling=unit_logits, seed=0, **options):
     keras.utils.set_random_seed(seed)   # the kernels too, so every run tests the same model
-    model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES), seed)
+    model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES, **options), seed)
     return scaling(model, clips(6, split="train"))

@@ -74,6 +74,19 @@ def test_keras_stream_runner_carries_its_states_between_frames():
     np.testing.assert_allclose(np.stack([runner.step(frame) for frame in clip]), first, atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"conv_type": "3d"}])
+def test_xla_compiled_stream_runner_matches_the_plain_one(options):
+    model = random_model(TINY_SPEC, **options)
+    clip = clips(1)[0]
+    plain = export.KerasStreamRunner(model, RESOLUTION)
+    compiled = export.KerasStreamRunner(model, RESOLUTION, jit_compile=True)
+    # The compiled step holds no depthwise convolution op, which XLA runs slowly on CPU.
+    assert "DepthwiseConv2dNative" not in {op.type for op in compiled._step.graph.get_operations()}
+    expected = np.stack([plain.step(frame) for frame in clip])
+    np.testing.assert_allclose(np.stack([compiled.step(frame) for frame in clip]), expected, atol=1e-4)
+    np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
     model = random_model("a0")

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import movinet
-from movinet.layers import BatchNorm, ConvNorm, FeatureConv, hard_swish, training_hard_swish, worth_fusing
+from movinet.layers import (BatchNorm, ConvNorm, FeatureConv, depthwise_as_taps, depthwise_conv2d, hard_swish,
+                            training_hard_swish, worth_fusing)
 from movinet.model import StateError
 from tests.helpers import FIXTURES, randomize_weights
 
@@ -255,3 +256,20 @@ def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatc
     assert not any("_fused_hard_swish" in name for name in called[False])
     # Only the known dimensions count: with the batch dynamic, the size of one example.
     assert worth_fusing(keras.Input((4, 128, 128, 24))) and not worth_fusing(tf.zeros([2, 4, 8, 8, 24]))
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [
+    ((7, 7), (3, 3), 1, "SAME"), ((7, 8), (3, 3), 2, "SAME"), ((8, 8), (5, 5), 2, "SAME"),
+    ((6, 5), (3, 1), 1, "VALID"), ((6, 5), (3, 1), 1, [[0, 0], [2, 0], [0, 0], [0, 0]]),
+    ((9, 9), (1, 5), 2, "SAME"),
+])
+def test_depthwise_as_taps_is_tfs_depthwise_convolution(size, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, *size, 4)), tf.float32)
+    weights = tf.constant(rng.normal(size=(*kernel, 4, 1)), tf.float32)
+    strides = [1, stride, stride, 1]
+    expected = tf.nn.depthwise_conv2d(x, weights, strides, padding)
+    with depthwise_as_taps():
+        taps = depthwise_conv2d(x, weights, strides, padding)
+    assert taps.shape == expected.shape
+    np.testing.assert_allclose(taps.numpy(), expected.numpy(), atol=1e-5)

@@ -56,11 +56,11 @@ def test_read_labels(tmp_path):
         predict.read_labels(tmp_path / "gap.txt")
 
 
-@pytest.mark.parametrize("mode", ["stream", "base"])
-def test_predict_cli_ends_on_the_whole_clip_prediction(tmp_path, capsys, saved_models, mode):
+@pytest.mark.parametrize("mode, flags", [("stream", []), ("stream", ["--xla"]), ("base", [])])
+def test_predict_cli_ends_on_the_whole_clip_prediction(tmp_path, capsys, saved_models, mode, flags):
     video = motion_video(tmp_path / "motion.mp4")
     status, lines, _ = run_cli(capsys, "predict", video, "--model", saved_models[mode], "--fps", 5,
-                               "--resolution", RESOLUTION, "--top-k", 3, "--json")
+                               "--resolution", RESOLUTION, "--top-k", 3, "--json", *flags)
     assert status == 0
     results = [json.loads(line) for line in lines]
     frames = predict.read_video(video, resolution=RESOLUTION, fps=5)
