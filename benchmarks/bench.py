@@ -93,14 +93,23 @@ def ours_tflite_stream(resolution: int = 172, frames: int = 100) -> float:
         return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
 
-def ours_base(frames: int = 50, resolution: int = 172) -> float:
+def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit_compile: bool = False) -> float:
+    """The base model on one clip through tf.function; ``folded``: its fold_batch_norm copy;
+    ``jit_compile``: that copy compiled by XLA, its depthwise convolutions as fused taps."""
+    import contextlib
+
     import tensorflow as tf
 
     import movinet
+    from movinet.layers import depthwise_as_taps
 
     model = movinet.build_model("a0", "base")
+    if folded or jit_compile:
+        model = movinet.fold_batch_norm(model)
     clip = tf.random.uniform([1, frames, resolution, resolution, 3])
-    forward = tf.function(lambda x: model(x))
+    forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
+    with depthwise_as_taps() if jit_compile else contextlib.nullcontext():
+        forward = forward.get_concrete_function(clip)
     return timed(lambda: forward(clip).numpy(), repeats=3, warmup=1)
 
 
@@ -231,6 +240,9 @@ def main():
         macs = movinet.cost("a0", "base").macs
         ref = official(args.official_python, "base")
         row("A0 base, 50x172x172 clip (s)", ours_base(), ref and ref["s"], "s", peak=peak, macs=macs)
+        row("  BN folded (fold_batch_norm)", ours_base(folded=True), ref and ref["s"], "s", peak=peak, macs=macs)
+        row("  BN folded, compiled by XLA", ours_base(jit_compile=True), ref and ref["s"], "s", peak=peak,
+            macs=macs)
     if "train" in only:
         # The official as installed (oneDNN off on this CPU) against ours as `movinet train` runs
         # (oneDNN on); then both with oneDNN on, so the kernels' share of the gain shows.
