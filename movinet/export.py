@@ -138,9 +138,8 @@ class KerasStreamRunner:
 
     ``jit_compile=True`` compiles the step with XLA into one executable, its depthwise convolutions
     as fused taps (``movinet.layers.depthwise_as_taps``): no per-op dispatch, element-wise chains
-    fused (A0: ~11 ms a frame against ~18 ms on a 2-core CPU where the official takes ~21 ms), at
-    the price of a compilation of several seconds at the first step; worth it from a few hundred
-    frames on.
+    fused (A0 on a 2-core CPU: 20-40% less time a frame; ``results/benchmarks.md``), at the price
+    of a compilation of several seconds before the first step; worth it from a few hundred frames on.
     """
 
     def __init__(self, model, resolution, jit_compile: bool = False):
