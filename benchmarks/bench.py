@@ -95,21 +95,18 @@ def ours_tflite_stream(resolution: int = 172, frames: int = 100) -> float:
 
 def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit_compile: bool = False) -> float:
     """The base model on one clip through tf.function; ``folded``: its fold_batch_norm copy;
-    ``jit_compile``: that copy compiled by XLA, its depthwise convolutions as fused taps."""
-    import contextlib
-
+    ``jit_compile``: that copy through ``movinet.export.xla_function``."""
     import tensorflow as tf
 
     import movinet
-    from movinet.layers import depthwise_as_taps
+    from movinet import export
 
     model = movinet.build_model("a0", "base")
     if folded or jit_compile:
         model = movinet.fold_batch_norm(model)
     clip = tf.random.uniform([1, frames, resolution, resolution, 3])
-    forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
-    with depthwise_as_taps() if jit_compile else contextlib.nullcontext():
-        forward = forward.get_concrete_function(clip)
+    infer = lambda x: model(x, training=False)  # noqa: E731
+    forward = export.xla_function(infer, clip) if jit_compile else tf.function(infer).get_concrete_function(clip)
     return timed(lambda: forward(clip).numpy(), repeats=3, warmup=1)
 
 

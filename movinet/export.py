@@ -16,7 +16,6 @@ over long videos and survive one scale per tensor.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -128,6 +127,17 @@ def export_saved_model(model, path: "str | os.PathLike", *, frames=None, resolut
     return Path(path)
 
 
+def xla_function(fn, *input_signature):
+    """``fn`` traced for ``input_signature`` (TensorSpecs or tensors) and compiled by XLA at its
+    first call, its depthwise convolutions as fused taps (``movinet.layers.depthwise_as_taps``).
+
+    E.g. ``xla_function(lambda clip: fold_batch_norm(model)(clip, training=False), clip)`` for a
+    base model: XLA's own depthwise convolution is a slow loop on CPU, the taps fuse.
+    """
+    with depthwise_as_taps():
+        return tf.function(fn, jit_compile=True).get_concrete_function(*input_signature)
+
+
 class KerasStreamRunner:
     """Runs a Keras stream model one frame at a time, carrying its states (as TFLiteStreamRunner).
 
@@ -151,10 +161,9 @@ class KerasStreamRunner:
         self._zeros = self.model.init_states(self.image_shape)
         self._states = {name: tf.Variable(value, trainable=False, name=name)
                         for name, value in self._zeros.items()}
-        step = tf.function(self._advance, input_signature=[tf.TensorSpec(self.image_shape, tf.float32)],
-                           jit_compile=jit_compile)
-        with depthwise_as_taps() if jit_compile else contextlib.nullcontext():
-            self._step = step.get_concrete_function()
+        image = tf.TensorSpec(self.image_shape, tf.float32)
+        self._step = (xla_function(self._advance, image) if jit_compile
+                      else tf.function(self._advance).get_concrete_function(image))
 
     def _advance(self, image):
         logits, new_states = self.model({**{name: state.read_value() for name, state in self._states.items()},

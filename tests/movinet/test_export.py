@@ -87,6 +87,15 @@ def test_xla_compiled_stream_runner_matches_the_plain_one(options):
     np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
 
 
+def test_xla_function_of_a_folded_base_model_gives_its_logits():
+    model = random_model(TINY_SPEC, "base")
+    clip = tf.constant(clips(1)[0][None])
+    folded = movinet.fold_batch_norm(model)
+    compiled = export.xla_function(lambda x: folded(x, training=False), clip)
+    assert "DepthwiseConv2dNative" not in {op.type for op in compiled.graph.get_operations()}
+    np.testing.assert_allclose(compiled(clip).numpy(), model(clip).numpy(), atol=1e-4)
+
+
 @pytest.mark.slow
 def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
     model = random_model("a0")
