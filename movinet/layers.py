@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from movinet.cost import downsampled
+
 HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly 1/6)
 
 
@@ -117,7 +119,7 @@ def depthwise_conv2d(x, kernel, strides, padding):
     if padding == "SAME":
         pads = []
         for size, k, s in ((height, kernel_h, stride_h), (width, kernel_w, stride_w)):
-            total = max((-(-size // s) - 1) * s + k - size, 0)
+            total = max((downsampled(size, s) - 1) * s + k - size, 0)
             pads.append([total // 2, total - total // 2])
         padding = [[0, 0], *pads, [0, 0]]
     if padding != "VALID":
