@@ -115,9 +115,11 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     import tensorflow as tf
 
     import movinet
+    from movinet.train import TrainConfig, make_optimizer
 
     model = movinet.build_model("a0", mode)
-    optimizer = keras.optimizers.RMSprop(1e-3)
+    # What `movinet train` builds: the recipe's RMSprop (rho 0.9, momentum 0.9, epsilon 1), fused.
+    optimizer = make_optimizer(TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), total_steps=100)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     clips = tf.random.uniform([batch, frames, resolution, resolution, 3])
     labels = tf.zeros([batch], tf.int32)

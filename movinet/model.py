@@ -22,6 +22,21 @@ from movinet.options import ModelOptions, resolve_options
 from movinet.spec import ModelSpec, load_spec, spec_from_dict
 
 
+def _states_by_owner(states: Mapping) -> dict[str, dict]:
+    """{"state_block{b}_layer{l}" or "state_head": that layer's states}.
+
+    Each layer gets only its own states: Keras converts every tensor in a layer's arguments
+    at each call, so passing the whole dict to every block made a5's eager stream step (and
+    the tracing of any stream step) spend most of its time converting other blocks' states.
+    """
+    own: dict[str, dict] = {}
+    for name, value in states.items():
+        parts = name.split("_", 3)
+        owner = "_".join(parts[:3]) if parts[1].startswith("block") else "_".join(parts[:2])
+        own.setdefault(owner, {})[name] = value
+    return own
+
+
 class StateError(ValueError):
     """A state dict that does not fit the model: names the missing, unexpected or misshaped states."""
 
@@ -68,17 +83,17 @@ class MovinetClassifier(keras.Model):
 
     def call_endpoints(self, image, states=None, training=None):
         """Runs the backbone; returns ({stem, block{b}_layer{l}, head: tensor}, new_states)."""
-        states = dict(states or {})
+        own = _states_by_owner(states or {})
         x = tf.cast(image, self.compute_dtype)
         endpoints = {}
         new_states = {}
         x = self.stem(x, training=training)
         endpoints["stem"] = x
         for layer in self.blocks:
-            x, layer_states = layer(x, states, training=training)
+            x, layer_states = layer(x, own.get(layer.state_prefix, {}), training=training)
             new_states.update(layer_states)
             endpoints[layer.name] = x
-        x, head_states = self.head(x, states, training=training)
+        x, head_states = self.head(x, own.get("state_head", {}), training=training)
         new_states.update(head_states)
         endpoints["head"] = x
         return endpoints, new_states

@@ -48,6 +48,7 @@ from tensorflow.core.framework import summary_pb2
 from movinet.data import DataConfig, DataInfo, make_datasets
 from movinet.evaluate import batch_counts, summarize_counts
 from movinet.model import build_model
+from movinet.optimizers import FusedAdam, FusedAdamW, FusedRMSprop, FusedSGD
 from movinet.spec import ModelSpec, load_spec, spec_from_dict
 from movinet.train_config import STRATEGIES, TrainConfig, TrainError
 from movinet.train_config import OPTIMIZERS, PRECISIONS  # noqa: F401  (their old home)
@@ -105,19 +106,21 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int):
 def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
     """The optimizer with a cosine learning rate after a linear warm-up from 0.
 
-    Gradient clipping is not left to the optimizer: Keras clips each replica's gradient before
-    summing across replicas, which is not the clipping of the whole batch (see ``Trainer``).
+    The optimizers are Keras's own with each variable's update as one fused TF op
+    (``movinet.optimizers``). Gradient clipping is not left to the optimizer: Keras clips each
+    replica's gradient before summing across replicas, which is not the clipping of the whole
+    batch (see ``Trainer``).
     """
     schedule = learning_rate_schedule(config, total_steps)
     if config.optimizer == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(schedule, rho=config.rmsprop_rho, momentum=config.momentum,
-                                             epsilon=config.rmsprop_epsilon)
+        optimizer = FusedRMSprop(schedule, rho=config.rmsprop_rho, momentum=config.momentum,
+                                 epsilon=config.rmsprop_epsilon)
     elif config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True)
+        optimizer = FusedSGD(schedule, momentum=config.momentum, nesterov=True)
     elif config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule)
+        optimizer = FusedAdam(schedule)
     else:
-        optimizer = keras.optimizers.AdamW(schedule)
+        optimizer = FusedAdamW(schedule)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
