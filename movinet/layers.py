@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -236,10 +237,15 @@ class BatchNorm(keras.layers.BatchNormalization):
             y, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=tf.zeros([0]), variance=tf.zeros([0]),
                 epsilon=self.epsilon, is_training=True)
-            count = tf.cast(tf.size(x) // channels, tf.float32)
-            variance = unbiased * tf.maximum(count - 1.0, 0.0) / count
-            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            count = math.prod(shape[:-1]) if all(isinstance(d, int) for d in shape) else None
+            if count is not None:   # static shapes: the correction is a Python number, not 5 ops
+                variance = unbiased * (max(count - 1, 0) / count)
+            else:
+                count = tf.cast(tf.size(x) // channels, tf.float32)
+                variance = unbiased * tf.maximum(count - 1.0, 0.0) / count
+            decay = 1.0 - self.momentum
+            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
         else:
             y = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=self.moving_mean, variance=self.moving_variance,
