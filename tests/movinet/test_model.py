@@ -71,12 +71,16 @@ def test_stream_states_returned_by_the_model_match_init_states():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_streaming_equals_whole_clip(name):
-    """A clip in 1, 2 and 4 chunks and frame by frame gives the whole-clip logits."""
+    """A clip in 1, 2 and 4 chunks and frame by frame gives the whole-clip logits.
+
+    The largest models skip frame by frame (8 eager steps, half of their time here): chunks of
+    2 frames already carry buffers longer than the chunk through their kernels of 5 frames.
+    """
     model = randomize_weights(movinet.build_model(name, "stream", num_classes=10), seed=1)
     clip = np.random.default_rng(2).random((1, 8, 40, 40, 3), dtype=np.float32)
     whole = model(clip).numpy()
     assert np.abs(whole).max() > 1e-3
-    for chunks in (1, 2, 4, 8):
+    for chunks in (1, 2, 4) if name in ("a3", "a4", "a5") else (1, 2, 4, 8):
         logits, _ = stream_chunks(model, clip, chunks)
         np.testing.assert_allclose(logits, whole, atol=1e-5, err_msg=f"{chunks} chunks")
 
