@@ -16,6 +16,7 @@ from typing import Mapping
 import keras
 import tensorflow as tf
 
+from movinet import optimizers as _optimizers  # noqa: F401  (registered: a saved model compiled with one loads)
 from movinet.cost import se_hidden, state_shapes
 from movinet.layers import Bottleneck, Classifier, ConvNorm, ConvSettings, Head
 from movinet.options import ModelOptions, resolve_options
