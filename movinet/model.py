@@ -27,13 +27,13 @@ def _states_by_owner(states: Mapping) -> dict[str, dict]:
     """{"state_block{b}_layer{l}" or "state_head": that layer's states}.
 
     Each layer gets only its own states: Keras converts every tensor in a layer's arguments
-    at each call, so passing the whole dict to every block made a5's eager stream step (and
-    the tracing of any stream step) spend most of its time converting other blocks' states.
+    at each call, and with the whole dict passed to every block that conversion took a tenth
+    of a5's eager stream step (3.5 -> 3.1 s at 40x40 on 2 cores).
     """
     own: dict[str, dict] = {}
     for name, value in states.items():
         parts = name.split("_", 3)
-        owner = "_".join(parts[:3]) if parts[1].startswith("block") else "_".join(parts[:2])
+        owner = "_".join(parts[:3 if len(parts) > 2 and parts[1].startswith("block") else 2])
         own.setdefault(owner, {})[name] = value
     return own
 
