@@ -125,11 +125,12 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     from movinet.train import TrainConfig, learning_rate_schedule, make_optimizer
 
     model = movinet.build_model("a0", mode)
-    config = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0)
-    optimizer = make_optimizer(config, total_steps=100)
+    config, steps = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), 100
     if keras_optimizer:
-        optimizer = keras.optimizers.RMSprop(learning_rate_schedule(config, 100), rho=config.rmsprop_rho,
+        optimizer = keras.optimizers.RMSprop(learning_rate_schedule(config, steps), rho=config.rmsprop_rho,
                                              momentum=config.momentum, epsilon=config.rmsprop_epsilon)
+    else:
+        optimizer = make_optimizer(config, total_steps=steps)
     optimizer.build(model.trainable_variables)   # as the trainer does: slots made outside the trace
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     clips = tf.random.uniform([batch, frames, resolution, resolution, 3])
