@@ -81,3 +81,16 @@ class FusedAdam(_FusedAdamUpdate, keras.optimizers.Adam):
 class FusedAdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` with the fused update (Keras applies the decoupled weight decay
     before ``update_step``, as for its own AdamW)."""
+
+
+# Keras's names of the optimizers above (``keras.optimizers.get`` takes them in any case).
+BY_NAME = {"rmsprop": FusedRMSprop, "sgd": FusedSGD, "adam": FusedAdam, "adamw": FusedAdamW}
+
+
+def fused(identifier):
+    """``identifier`` as ``keras.Model.compile`` takes it, with a name of a Keras optimizer that
+    has a fused counterpart here ("adam", "RMSprop", ...) turned into that one, of Keras's
+    defaults; anything else (an optimizer object, a config, another name) is returned as given."""
+    if isinstance(identifier, str) and identifier.lower() in BY_NAME:
+        return BY_NAME[identifier.lower()]()
+    return identifier

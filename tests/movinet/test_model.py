@@ -161,7 +161,7 @@ def test_bad_state_dicts_are_named():
 def test_training_step_updates_a_stream_model():
     """Stream models train on whole clips with zero initial states (no external states needed)."""
     model = movinet.build_model("t0", "stream", num_classes=3, dropout_rate=0.2, stochastic_depth_drop_rate=0.2)
-    # Plain SGD: Adam's slots, which Keras creates inside the traced step, took 40 of this test's 50 s.
+    # SGD, the cheapest update to trace (Adam's adds ~5 s to this test).
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     clips = np.random.default_rng(13).random((4, 4, 32, 32, 3), dtype=np.float32)
     before = [w.numpy().copy() for w in model.trainable_weights]
