@@ -92,8 +92,11 @@ def _batched(source: _Source, config: DataConfig, training: bool) -> tf.data.Dat
     if training:
         buffer = source.shuffle_buffer or max(source.info.num_train, 1)
         dataset = dataset.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda *item: source.decode(*item, training=training), num_parallel_calls=parallel)
-    dataset = dataset.filter(lambda frames, label, ok: ok)
+    # Every function mapped here branches on Python values only (training, augment, the config), so
+    # AutoGraph's source conversion, ~2 s of a process's first make_datasets on 2 cores, is skipped.
+    plain = tf.autograph.experimental.do_not_convert
+    dataset = dataset.map(plain(lambda *item: source.decode(*item, training=training)), num_parallel_calls=parallel)
+    dataset = dataset.filter(plain(lambda frames, label, ok: ok))
     if training:
         seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).batch(2)
     else:
@@ -109,7 +112,7 @@ def _batched(source: _Source, config: DataConfig, training: bool) -> tf.data.Dat
             frames = source.decode_clip(frames)
         return crop_clip(frames, config, training and config.augment, crop_seed), label
 
-    dataset = dataset.map(clip, num_parallel_calls=parallel)
+    dataset = dataset.map(plain(clip), num_parallel_calls=parallel)
     batch_size = config.batch_size if training else (config.eval_batch_size or config.batch_size)
     dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()

@@ -82,7 +82,8 @@ def scan_tfrecords(files: Sequence[str]) -> tuple[int, dict[int, str]]:
 
     names: dict[int, str] = {}
     count = 0
-    dataset = tf.data.TFRecordDataset(list(files)).map(labels, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = tf.data.TFRecordDataset(list(files)).map(tf.autograph.experimental.do_not_convert(labels),
+                                                      num_parallel_calls=tf.data.AUTOTUNE)
     try:
         for index, text in dataset.batch(1024).as_numpy_iterator():
             count += len(index)
