@@ -126,6 +126,22 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
     return optimizer
 
 
+def clip_each_by_norm(tensors, limit, factor=1.0):
+    """``[tf.clip_by_norm(t, limit) * factor for t in tensors]``, with all the norms in one vector.
+
+    ``tf.clip_by_norm`` adds ~10 ops per tensor: over an A0's 265 gradients, 2.6k ops of its
+    training step (a third of the graph, ~5 s of its tracing on 2 cores) and as many small
+    kernels at every step. Here each tensor takes its squared norm (``L2Loss``) and one product.
+    """
+    tensors = list(tensors)
+    if not tensors:
+        return []
+    squares = 2.0 * tf.stack([tf.cast(tf.nn.l2_loss(t), tf.float32) for t in tensors])
+    limit = tf.cast(limit, tf.float32)
+    scales = factor * limit / tf.maximum(tf.sqrt(squares), limit)
+    return [t * tf.cast(scale, t.dtype) for t, scale in zip(tensors, tf.unstack(scales))]
+
+
 class Trainer:
     """A model and its optimizer under a strategy: distributed train and evaluation steps."""
 
@@ -171,7 +187,7 @@ class Trainer:
         limit = self.config.clipnorm
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             limit = limit * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        return [tf.clip_by_norm(g, limit) / replicas for g in gradients]
+        return clip_each_by_norm(gradients, limit, 1.0 / replicas)
 
     def _replica_train_step(self, clips, labels):
         gradients, counts = self._gradients(clips, labels)

@@ -16,7 +16,8 @@ import tensorflow as tf
 from movinet.data import DataConfig
 from movinet.evaluate import batch_counts, evaluate, plot_confusion_matrix
 from movinet.spec import spec_from_dict
-from movinet.train import TrainConfig, TrainError, learning_rate_schedule, train, train_candidate
+from movinet.train import (TrainConfig, TrainError, clip_each_by_norm, learning_rate_schedule, train,
+                           train_candidate)
 
 tf.config.threading.set_inter_op_parallelism_threads(2)
 tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -72,6 +73,19 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     schedule = learning_rate_schedule(TrainConfig(learning_rate=0.4, warmup_fraction=0.1), total_steps=100)
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     np.testing.assert_allclose(rates, [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6)
+
+
+def test_gradients_are_clipped_each_as_clip_by_norm_does():
+    rng = np.random.default_rng(5)
+    tensors = [tf.constant(rng.normal(size=shape) * scale, tf.float32)
+               for shape, scale in (((3, 3, 8, 16), 1.0), ((16,), 0.01), ((4, 4), 10.0))] + [tf.zeros([5])]
+    limit = tf.constant(0.7)
+    clipped = tf.function(lambda ts: clip_each_by_norm(ts, limit, 0.5))(tensors)
+    for t, c in zip(tensors, clipped):
+        np.testing.assert_allclose(c.numpy(), tf.clip_by_norm(t, limit).numpy() * 0.5, rtol=1e-5, atol=1e-7)
+    norms = [float(tf.norm(c)) for c in clipped]
+    assert norms[0] == pytest.approx(0.35, rel=1e-5) and norms[1] < 0.35 and norms[3] == 0.0
+    assert clip_each_by_norm([], limit) == []
 
 
 def test_bad_train_settings_are_one_line_errors():
