@@ -9,8 +9,8 @@ of 512 clips; about 4 minutes on 2 CPUs) unless ``--epochs``/``--train-clips`` s
 accounts for every second of every trial slot from the call to ``search.run_search`` until it
 returns (results written). The search runs as any random search does: its trials are drawn up front
 and start in decreasing multiply-adds (``Sampler.plan``), and only the trial processes import
-TensorFlow, with oneDNN as the environment says (the benchmark calls ``run_search``, not
-``movinet search``, which switches oneDNN on).
+TensorFlow, with oneDNN's kernels on unless TF_ENABLE_ONEDNN_OPTS says otherwise (as in
+``movinet search``; ``search.ray_backend.PASSED_ON``).
 
     share = sum over trials of fit_seconds / (wall seconds x trial slots)
 
@@ -117,7 +117,15 @@ def account(result, began: float, ended: float, slots: int) -> dict:
         if len(epochs) > 1:
             parts["fit_first_epoch_excess"] += max(0.0, epochs[0] - statistics.mean(epochs[1:]))
     wall = ended - began
+    # Which overheads a longer or shorter trial would leave as they are: the search's own (before
+    # the first trial, each slot's first import, the end) and each trial's (the rest outside fit).
+    first_imports = sum(lane[0]["import_seconds"] or 0.0 for lane in assign_slots(rows, slots) if lane)
+    per_trial = (parts["trial_probe"] + parts["trial_other"] + parts["between_trials"]
+                 + parts["trial_import"] - first_imports) / len(rows)
+    per_search = sum(v for k, v in parts.items() if k != "fit_first_epoch_excess") - parts["fit"] \
+        - per_trial * len(rows)
     return {"wall": wall, "slots": slots, "slot_seconds": wall * slots, "share": parts["fit"] / (wall * slots),
+            "per_search": per_search, "per_trial": per_trial, "mean_fit": parts["fit"] / len(rows),
             "parts": parts, "trials": [{key: row[key] for key in ("trial", "key", "started_at", "seconds",
                                                                   "fit_seconds", "import_seconds", "probe_seconds",
                                                                   "macs", "top1", "pid")} for row in rows],
@@ -164,6 +172,11 @@ def report(now: dict, before: dict | None) -> None:
     if before:
         line += f" | {'':>8} {before['share']:7.1%} | {(now['share'] - before['share']) * 100:+7.1f}pt"
     print(line + f"   target >= {TARGET:.0%}: {'met' if now['share'] >= TARGET else 'NOT met'}")
+    # share = n fit / (n fit + per_search + n per_trial) reaches TARGET when a trial's fit lasts this long
+    needed = TARGET / (1 - TARGET) * (now["per_search"] / len(now["trials"]) + now["per_trial"])
+    print(f"overheads: {now['per_search']:.1f} slot-s per search, {now['per_trial']:.1f} s per trial; with them "
+          f"the share reaches {TARGET:.0%} for trials whose fit lasts >= {needed:.0f} s "
+          f"(here {now['mean_fit']:.0f} s on average, for {len(now['trials'])} trials)")
     for label, share in (("  same without the first-epoch excess", traced_out),
                          ("  same with the latency probe counted in", with_probe)):
         line = f"{label:<46} {'':>8} {share(now):7.1%}"

@@ -36,9 +36,12 @@ class ClusterError(RuntimeError):
     """No Ray cluster answers at the given address."""
 
 
-# Settings of the driver's environment that trials need too: TensorFlow reads this one when it is
-# imported (``movinet search`` switches oneDNN on), and workers on other machines do not inherit it.
-PASSED_ON = ("TF_ENABLE_ONEDNN_OPTS",)
+# Settings of the driver's environment that trials need too, with their value for trials where the
+# driver sets none: TensorFlow reads this one when it is imported, and workers on other machines do
+# not inherit it. Trials run oneDNN's kernels as `movinet search` does (the small candidates of the
+# demo space train ~1.5x faster with them on 2 cores: 121 -> 81 ms a step), whether the search was
+# started from the command line or from Python; TF_ENABLE_ONEDNN_OPTS=0 in the driver opts out.
+PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def runtime_env() -> dict:
@@ -47,7 +50,7 @@ def runtime_env() -> dict:
     package_root = str(Path(search_package.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.update({name: os.environ[name] for name in PASSED_ON if name in os.environ})
+    env.update({name: os.environ.get(name, default) for name, default in PASSED_ON.items()})
     return {"env_vars": env}
 
 

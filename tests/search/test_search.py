@@ -180,6 +180,15 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
     check_rows_are_in_space(load_space(path), after)
 
 
+def test_trials_run_onednn_unless_the_driver_opts_out(monkeypatch):
+    from search.ray_backend import runtime_env
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert runtime_env()["env_vars"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert runtime_env()["env_vars"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
 def test_the_drivers_tensorflow_switch_reaches_trials_on_a_cluster(ray_cluster, tmp_path):
     """Cluster workers do not inherit the driver's environment: the switch goes in the job's."""
     markers = tmp_path / "markers"
