@@ -130,7 +130,7 @@ def clip_each_by_norm(tensors, limit, factor=1.0):
     """``[tf.clip_by_norm(t, limit) * factor for t in tensors]`` in 5 ops per tensor.
 
     ``tf.clip_by_norm`` adds ~10 ops per tensor: over an A0's 265 gradients, 2.6k ops of its
-    training step (~3 s of its tracing on 2 cores) and as many small kernels at every step. Here
+    training step (~2.5 s of its tracing on 2 cores) and as many small kernels at every step. Here
     each tensor takes one ``L2Loss`` (half its squared norm, l) and its scale
     factor * min(limit / sqrt(2 l), 1) = c * min(rsqrt(l), sqrt(2) / limit) with c = factor *
     limit / sqrt(2), which is ``factor`` for a zero tensor. Each tensor is clipped on its own, so
