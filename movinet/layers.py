@@ -31,6 +31,11 @@ def hard_swish(x):
     return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
 
 
+def _hard_swish_slope(z):
+    # d/dz z*relu6(z+3)/6, with Relu6Grad's closed bounds: 0 at z <= -3, 1 at z >= 3.
+    return tf.where(z <= -3.0, tf.zeros_like(z), tf.where(z >= 3.0, tf.ones_like(z), z * (1.0 / 3.0) + 0.5))
+
+
 @tf.function(jit_compile=True)
 def _fused_hard_swish(x):
     return hard_swish(x)
@@ -38,9 +43,7 @@ def _fused_hard_swish(x):
 
 @tf.function(jit_compile=True)
 def _fused_hard_swish_grad(x, upstream):
-    # d/dx x*relu6(x+3)/6, with Relu6Grad's closed bounds: 0 at x <= -3, 1 at x >= 3.
-    slope = tf.where(x <= -3.0, tf.zeros_like(x), tf.where(x >= 3.0, tf.ones_like(x), x * (1.0 / 3.0) + 0.5))
-    return upstream * slope
+    return upstream * _hard_swish_slope(x)
 
 
 @tf.custom_gradient
@@ -51,6 +54,49 @@ def training_hard_swish(x):
     about a third of an A0 stream training step on CPU. Only x is kept for the backward pass.
     """
     return _fused_hard_swish(x), lambda upstream: _fused_hard_swish_grad(x, upstream)
+
+
+@tf.function(jit_compile=True)
+def _normalize_hard_swish(x, mean, inverse, gamma, beta):
+    return hard_swish((x - mean) * (inverse * gamma) + beta)
+
+
+@tf.function(jit_compile=True)
+def _normalize_hard_swish_grad(x, mean, inverse, gamma, beta, upstream):
+    # Batch norm's gradient through hard_swish, from x and the statistics alone: z is recomputed,
+    # so neither the normalized nor the pre-activation tensor is kept or read back.
+    normalized = (x - mean) * inverse
+    gradient = upstream * _hard_swish_slope(normalized * gamma + beta)
+    gradient_sum = tf.reduce_sum(gradient, 0)
+    scaled_sum = tf.reduce_sum(gradient * normalized, 0)
+    rows = tf.cast(tf.shape(x)[0], x.dtype)
+    dx = (gamma * inverse / rows) * (rows * gradient - gradient_sum - normalized * scaled_sum)
+    return dx, scaled_sum, gradient_sum
+
+
+def _batch_norm_hard_swish(x, gamma, beta, epsilon: float):
+    """hard_swish of training-mode batch norm of ``x`` [rows, C]; returns it with the batch mean
+    and (biased) variance."""
+
+    @tf.custom_gradient
+    def forward(x, gamma, beta):
+        # The statistics from TF's fused kernel (its normalized output goes unused): faster on CPU
+        # than tf.nn.moments' two reductions; its unbiased variance is turned into the biased one.
+        channels = x.shape[-1]
+        _, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=tf.reshape(x, [-1, 1, 1, channels]), scale=tf.ones([channels]), offset=tf.zeros([channels]),
+            mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=epsilon, is_training=True)
+        rows = tf.cast(tf.shape(x)[0], x.dtype)
+        variance = unbiased * (tf.maximum(rows - 1.0, 0.0) / rows)
+        inverse = tf.math.rsqrt(variance + epsilon)
+
+        def grad(upstream, *_):
+            return _normalize_hard_swish_grad(x, mean, inverse, gamma, beta, upstream)
+
+        return (_normalize_hard_swish(x, mean, inverse, gamma, beta), tf.stop_gradient(mean),
+                tf.stop_gradient(variance)), grad
+
+    return forward(x, gamma, beta)
 
 
 FUSE_MIN_ELEMENTS = 2 ** 18
@@ -105,24 +151,61 @@ def depthwise_as_taps():
         _DEPTHWISE_AS_TAPS.reset(token)
 
 
-def depthwise_conv2d(x, kernel, strides, padding):
+def same_padding(height, width, kernel_h, kernel_w, stride_h, stride_w) -> list:
+    """TF's 'SAME' padding of an [N, H, W, C] input as explicit [[0, 0], [top, bottom], [left, right], [0, 0]]."""
+    pads = []
+    for size, k, s in ((height, kernel_h, stride_h), (width, kernel_w, stride_w)):
+        total = max((downsampled(size, s) - 1) * s + k - size, 0)
+        pads.append([total // 2, total - total // 2])
+    return [[0, 0], *pads, [0, 0]]
+
+
+# From this many taps (5x5), the filter gradient of a depthwise convolution takes TF's own kernel
+# instead of oneDNN's, which is ~2x slower there on CPU (A0 block0's 5x5 strided filter gradient:
+# 11.8 -> 7.0 ms; at 3x3 oneDNN's is the faster, 4.0 against 7.3 ms at 64x43x43x80).
+EIGEN_FILTER_GRADIENT_MIN_TAPS = 25
+
+
+def _depthwise_eigen_filter_gradient(x, kernel, strides):
+    """'SAME' depthwise conv whose filter gradient is TF's kernel (explicit padding, which oneDNN
+    does not take); the forward pass and the input gradient stay oneDNN's where it is on."""
+    _, height, width, _ = x.shape
+    paddings = sum(same_padding(height, width, *kernel.shape[:2], *strides[1:3]), [])
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(upstream):
+            dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=upstream, strides=strides, padding="SAME")
+            dk = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+                input=x, filter_sizes=tf.shape(kernel), out_backprop=upstream, strides=strides,
+                padding="EXPLICIT", explicit_paddings=paddings)
+            return dx, dk
+
+        return tf.nn.depthwise_conv2d(x, kernel, strides, "SAME"), grad
+
+    return conv(x, kernel)
+
+
+def depthwise_conv2d(x, kernel, strides, padding, training=False):
     """``tf.nn.depthwise_conv2d`` (channel multiplier 1) of ``x`` [N, H, W, C] with ``kernel``
     [kh, kw, C, 1]; padding 'SAME', 'VALID' or explicit [[0, 0], [top, bottom], [left, right], [0, 0]].
 
+    ``training``: a 'SAME' conv of ``EIGEN_FILTER_GRADIENT_MIN_TAPS`` taps or more takes its filter
+    gradient from TF's kernel (the same gradient; inference graphs keep the one plain op).
     Under ``depthwise_as_taps()``: the sum over the kh*kw taps of the padded input's strided
     window at that tap times the tap's channel weights, the same function as TF's op.
     """
     if not _DEPTHWISE_AS_TAPS.get():
+        if (training and padding == "SAME" and kernel.shape[0] * kernel.shape[1] >= EIGEN_FILTER_GRADIENT_MIN_TAPS
+                and x.shape[1] is not None and x.shape[2] is not None):
+            return _depthwise_eigen_filter_gradient(x, kernel, strides)
         return tf.nn.depthwise_conv2d(x, kernel, strides, padding)
     kernel_h, kernel_w = kernel.shape[:2]
     stride_h, stride_w = strides[1:3]
     _, height, width, _ = dims(x)
     if padding == "SAME":
-        pads = []
-        for size, k, s in ((height, kernel_h, stride_h), (width, kernel_w, stride_w)):
-            total = max((downsampled(size, s) - 1) * s + k - size, 0)
-            pads.append([total // 2, total - total // 2])
-        padding = [[0, 0], *pads, [0, 0]]
+        padding = same_padding(height, width, kernel_h, kernel_w, stride_h, stride_w)
     if padding != "VALID":
         x = tf.pad(x, padding)
         _, height, width, _ = dims(x)
@@ -252,6 +335,39 @@ class BatchNorm(keras.layers.BatchNormalization):
                 epsilon=self.epsilon, is_training=False)[0]
         return tf.cast(tf.reshape(y, shape), self.compute_dtype)
 
+    def fuses_hard_swish(self, inputs, training) -> bool:
+        """Whether ``hard_swish_after`` computes this training step's BN and hard_swish."""
+        return bool(training and self.trainable and self.scale and self.center and not self.synchronized
+                    and not self.renorm and self.axis in (-1, inputs.shape.rank - 1)
+                    and inputs.dtype == tf.float32 and self.compute_dtype == "float32"
+                    and worth_fusing(inputs))
+
+    def hard_swish_after(self, inputs):
+        """``hard_swish(self(inputs, training=True))`` in one pass over the activations each way.
+
+        The statistics come from ``tf.nn.moments``; normalization, scale, shift and hard_swish are
+        one XLA kernel forward, and their gradient (batch norm's, through hard_swish's slope) one
+        backward that recomputes the pre-activation from ``inputs``: ~3 passes over the activations
+        forward and ~5 backward instead of ~5 and ~8 for the fused BN op and a separate hard_swish.
+        The moving statistics move as in ``call``.
+        """
+        shape = dims(inputs)
+        channels = shape[-1]
+        y, mean, variance = _batch_norm_hard_swish(tf.reshape(inputs, [-1, channels]), tf.convert_to_tensor(self.gamma),
+                                                   tf.convert_to_tensor(self.beta), self.epsilon)
+        decay = 1.0 - self.momentum
+        self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+        self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+        return tf.reshape(y, shape)
+
+
+def normalize_activate(bn, activation, act, y, training):
+    """``act(bn(y))``, the pair fused in training where ``bn.hard_swish_after`` can."""
+    if activation == "hard_swish" and act is not None and bn.fuses_hard_swish(y, training):
+        return bn.hard_swish_after(y)
+    y = bn(y, training=training)
+    return act(y, training=training) if act is not None else y
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvSettings:
@@ -326,7 +442,7 @@ class ConvNorm(keras.layers.Layer):
         if self.bn is not None:
             self.bn.build((*input_shape[:-1], channels if self.depthwise else self.filters))
 
-    def convolve(self, x, kernel, bias=None):
+    def convolve(self, x, kernel, bias=None, training=False):
         """The convolution, plus ``bias`` added before any reshape (so MatMul/Conv2D+BiasAdd fuse)."""
         kernel = tf.cast(kernel, x.dtype)
         bias = None if bias is None else tf.cast(bias, x.dtype)
@@ -338,7 +454,7 @@ class ConvNorm(keras.layers.Layer):
             frames = frames_to_batch(x) if rank5 else x
             strides = [1, self.stride, self.stride, 1]
             if self.depthwise:
-                y = depthwise_conv2d(frames, kernel, strides, "SAME")
+                y = depthwise_conv2d(frames, kernel, strides, "SAME", training=training)
             else:
                 y = tf.nn.conv2d(frames, kernel, strides, "SAME")
         if bias is not None:
@@ -352,9 +468,9 @@ class ConvNorm(keras.layers.Layer):
             check_not_training(self, training)
             y = self.convolve(x, *self.folded)
         else:
-            y = self.convolve(x, self.kernel, self.bias)
+            y = self.convolve(x, self.kernel, self.bias, training=training is True)
             if self.bn is not None:
-                y = self.bn(y, training=training)
+                return normalize_activate(self.bn, self.activation, self.act, y, training)
         return self.act(y, training=training) if self.act else y
 
     def fold(self, extra_scale: float = 1.0, input_scale: float = 1.0, shift: float = 0.0) -> None:
@@ -412,6 +528,7 @@ class FeatureConv(keras.layers.Layer):
         self.causal = causal
         self.buffer_name = f"{state_prefix}_stream_buffer"
         self.settings = settings
+        self.activation = activation
         self.act = activation_fn(activation)
         if separable:
             self.spatial = ConvNorm(0, (self.kernel_h, self.kernel_w), stride, depthwise=True,
@@ -489,14 +606,14 @@ class FeatureConv(keras.layers.Layer):
         for i in range(self.kernel_t):
             tap = tf.reshape(kernel[i], [self.kernel_h, self.kernel_w, channels, 1])
             window = padded[:, i:i + frames]
-            out = depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME")
+            out = depthwise_conv2d(frames_to_batch(window), tap, strides, "SAME", training=training is True)
             y = out if y is None else y + out
         return self.normalize(batch_to_frames(y, x), self.bn, training), new_states
 
     def normalize(self, y, bn, training):
         """``bn`` (or, folded, the bias that replaced it), then the activation."""
         if self.folded is None:
-            return self.act(bn(y, training=training), training=training)
+            return normalize_activate(bn, self.activation, self.act, y, training)
         check_not_training(self, training)
         return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype)))
 

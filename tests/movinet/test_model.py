@@ -257,10 +257,70 @@ def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatc
                             if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
     large = sum(size >= 2 ** 18 for size in sizes)
     assert 0 < large < len(sizes)     # at 4x128x128 block0's expansion is large, the SE tensors are not
-    assert sum("_fused_hard_swish" in name for name in called[True]) == large
-    assert not any("_fused_hard_swish" in name for name in called[False])
+    fused = [name for name in called[True] if "_fused_hard_swish" in name or "_normalize_hard_swish" in name]
+    assert len(fused) == large
+    assert any("_normalize_hard_swish" in name for name in fused)     # batch norm and hard_swish in one
+    assert not any("hard_swish" in name for name in called[False])
     # Only the known dimensions count: with the batch dynamic, the size of one example.
     assert worth_fusing(keras.Input((4, 128, 128, 24))) and not worth_fusing(tf.zeros([2, 4, 8, 8, 24]))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5, 7), (64, 6)])
+def test_batch_norm_fused_with_hard_swish_trains_like_the_two_layers(shape, monkeypatch):
+    """BatchNorm.hard_swish_after: the outputs, the gradients of input, gamma and beta, and the
+    moving statistics of keras BatchNormalization followed by hard_swish."""
+    monkeypatch.setattr(movinet.layers, "FUSE_MIN_ELEMENTS", 1)
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(1.0, 3.0, shape).astype(np.float32))
+    weights = tf.constant(rng.normal(size=shape).astype(np.float32))
+    results = []
+    for fused in (False, True):
+        layer = keras.layers.BatchNormalization(momentum=0.9) if not fused else BatchNorm(momentum=0.9)
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, shape[-1]))
+        layer.beta.assign(np.linspace(-1.0, 1.0, shape[-1]))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if fused:
+                assert layer.fuses_hard_swish(x, training=True) and not layer.fuses_hard_swish(x, training=False)
+                y = layer.hard_swish_after(x)
+            else:
+                y = hard_swish(layer(x, training=True))
+            loss = tf.reduce_sum(y * weights)
+        results.append([y, *tape.gradient(loss, [x, layer.gamma, layer.beta]), layer.moving_mean,
+                        layer.moving_variance])
+    for plain, fused in zip(*results):
+        np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, kernel, stride", [((9, 9), (5, 5), 2), ((8, 7), (5, 5), 1), ((6, 6), (3, 3), 1)])
+def test_depthwise_training_gradient_is_tfs(size, kernel, stride):
+    """In training, a 5x5 depthwise conv takes its filter gradient from TF's kernel (explicit
+    padding); the gradients equal the plain op's, and inference keeps the plain op."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(3, *size, 4)), tf.float32)
+    weights = tf.constant(rng.normal(size=(*kernel, 4, 1)), tf.float32)
+    strides = [1, stride, stride, 1]
+    results = []
+    for training in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([x, weights])
+            y = depthwise_conv2d(x, weights, strides, "SAME", training=training)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append([y, *tape.gradient(loss, [x, weights])])
+    for plain, custom in zip(*results):
+        np.testing.assert_allclose(custom.numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
+
+    def gradient(x, weights):
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            y = depthwise_conv2d(x, weights, strides, "SAME", training=True)
+        return tape.gradient(y, weights)
+
+    graph = tf.function(gradient).get_concrete_function(x, weights).graph
+    paddings = [op.get_attr("padding") for op in graph.get_operations()
+                if op.type == "DepthwiseConv2dNativeBackpropFilter"]
+    assert paddings == ([b"EXPLICIT"] if kernel == (5, 5) else [b"SAME"])
 
 
 @pytest.mark.parametrize("size, kernel, stride, padding", [
