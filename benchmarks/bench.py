@@ -194,15 +194,33 @@ def cost_model_rate(seconds: float = 2.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def official(python: str, what: str, onednn: bool = False) -> dict | None:
-    if not python:
-        return None
+def official_run(python: str, what: str, onednn: bool) -> dict | None:
+    """One measurement of the official implementation in a fresh process, oneDNN on or off."""
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
     out = subprocess.run([python, str(HERE / "official_bench.py"), what], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         print(f"  (official run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def official(python: str, what: str) -> dict | None:
+    """The official figure of ``what`` at its faster setting: TensorFlow turns oneDNN on by default
+    on some CPUs (with AVX-512 VNNI or AMX) and off on others, and which is faster depends on the
+    workload (on a Xeon with AMX: stream inference 10.7 ms off against 15.2 on, stream training
+    7.4 clips/s off against 8.2 on), so both are measured and the better one is the reference."""
+    if not python:
+        return None
+    runs = {onednn: official_run(python, what, onednn) for onednn in (False, True)}
+    runs = {onednn: run for onednn, run in runs.items() if run is not None}
+    if not runs:
+        return None
+    key = next(iter(next(iter(runs.values()))))
+    better = max if key == "clips_per_s" else min
+    best = better(runs, key=lambda onednn: runs[onednn][key])
+    print("  official " + ", ".join(f"oneDNN {'on' if onednn else 'off'} {run[key]:.3f}"
+                                   for onednn, run in sorted(runs.items())) + f": oneDNN {'on' if best else 'off'} is the reference")
+    return runs[best]
 
 
 def row(name, ours, reference, unit, lower_is_better=True, peak=None, macs=None):
@@ -261,15 +279,13 @@ def main():
         row("  BN folded, compiled by XLA", ours_base(jit_compile=True), ref and ref["s"], "s", peak=peak,
             macs=macs)
     if "train" in only:
-        # The official as installed (oneDNN off on this CPU) against ours as `movinet train` runs
-        # (oneDNN on); then both with oneDNN on, so the kernels' share of the gain shows.
+        # Ours as `movinet train` runs (oneDNN on) against the official at its faster setting;
+        # then ours with oneDNN off, so the kernels' share of the gain shows.
         for mode in ("base", "stream"):
             ours = train_in_process(mode, onednn=True)
             ref = official(args.official_python, f"train_{mode}")
             row(f"A0 {mode} training, 8x172x172 x8 (clips/s)", ours, ref and ref["clips_per_s"], "clips/s",
                 lower_is_better=False)
-            ref = official(args.official_python, f"train_{mode}", onednn=True)
-            row("  both with oneDNN", ours, ref and ref["clips_per_s"], "clips/s", lower_is_better=False)
             row("  ours with oneDNN off", train_in_process(mode, onednn=False), None, "clips/s",
                 lower_is_better=False)
     if "memory" in only:
