@@ -367,3 +367,30 @@ def test_stream_candidate_learns_motion_only_with_temporal_kernels():
     frame_only = train_candidate(small_spec(1), "stream", data, {"epochs": 4}, train_config=recipe)
     assert temporal["top1"] >= 0.9, temporal
     assert frame_only["top1"] <= 0.4, frame_only
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_the_progress_bar_reads_the_learning_rate_only_when_shown(verbose, monkeypatch, capsys):
+    """Reading the learning rate evaluates the schedule eagerly: a silent bar never does it,
+    a shown one at the last step (and at most twice a second), and it shows the value."""
+    import keras
+
+    import movinet
+    from movinet.data import synthetic_motion
+    from movinet.train import Trainer, make_optimizer
+
+    videos, labels = synthetic_motion(8, 4, 16, seed=1)
+    batches = tf.data.Dataset.from_tensor_slices((videos, labels)).batch(2)
+    config = TrainConfig(learning_rate=0.01, dropout_rate=0.0, stochastic_depth_drop_rate=0.0)
+    model = movinet.build_model(spec_from_dict(ONE_BLOCK), "stream", num_classes=4)
+    trainer = Trainer(model, make_optimizer(config, total_steps=4), tf.distribute.get_strategy(), config,
+                      global_batch_size=2, num_classes=4)
+    reads = []
+    monkeypatch.setattr(Trainer, "learning_rate", property(lambda self: reads.append(1) or 0.01))
+    progress = keras.utils.Progbar(4, verbose=verbose, stateful_metrics=["loss", "top1", "lr"])
+    metrics, stopped = trainer.train_epoch(trainer.batches(batches), 4, progress)
+    assert not stopped and np.isfinite(metrics["loss"])
+    if verbose:
+        assert 1 <= len(reads) < 4 and "lr: 0.0100" in capsys.readouterr().out
+    else:
+        assert reads == []
