@@ -109,6 +109,30 @@ def test_pipeline_batches_are_deterministic_and_reshuffled_each_epoch():
     assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
 
 
+@pytest.mark.parametrize("budget", [None, 0])
+def test_synthetic_clips_are_rendered_once_per_pipeline_while_they_fit(budget, monkeypatch):
+    """Each clip is drawn once and kept (the augmentation still changes every epoch); with no
+    room left, clips are drawn again each epoch, and the batches are the same either way."""
+    from movinet.data import pipeline, synthetic
+
+    rendered = []
+    draw = synthetic.render_clip
+    monkeypatch.setattr(synthetic, "render_clip", lambda index, *args: rendered.append(index) or draw(index, *args))
+    if budget is not None:
+        monkeypatch.setattr(pipeline, "SYNTHETIC_CACHE_BYTES", budget)
+    train, val, _ = make_datasets(DataConfig(**SMALL))
+    epochs = [list(train.as_numpy_iterator()) for _ in range(2)]
+    list(val.as_numpy_iterator())
+    list(val.as_numpy_iterator())
+    assert len(rendered) == (16 + 8 if budget is None else 2 * (16 + 8))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(*epochs))
+    monkeypatch.setattr(pipeline, "SYNTHETIC_CACHE_BYTES", 0)
+    uncached = list(make_datasets(DataConfig(**SMALL))[0].as_numpy_iterator())
+    for (x, y), (x_uncached, y_uncached) in zip(epochs[0], uncached):
+        np.testing.assert_array_equal(x, x_uncached)
+        np.testing.assert_array_equal(y, y_uncached)
+
+
 def test_one_iterator_runs_every_epoch_without_model_autotuning():
     """Training draws all its epochs from one iterator over the repeated pipeline
     (``Trainer.batches``): each pass holds every clip once, reshuffled and re-augmented like a new
