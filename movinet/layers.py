@@ -343,18 +343,17 @@ class BatchNorm(keras.layers.BatchNormalization):
                     and worth_fusing(inputs))
 
     def hard_swish_after(self, inputs):
-        """``hard_swish(self(inputs, training=True))`` in one pass over the activations each way.
+        """``hard_swish(self(inputs, training=True))`` with one XLA kernel each way after the statistics.
 
-        The statistics come from ``tf.nn.moments``; normalization, scale, shift and hard_swish are
+        The statistics come from TF's fused BN op; normalization, scale, shift and hard_swish are
         one XLA kernel forward, and their gradient (batch norm's, through hard_swish's slope) one
         backward that recomputes the pre-activation from ``inputs``: ~3 passes over the activations
         forward and ~5 backward instead of ~5 and ~8 for the fused BN op and a separate hard_swish.
         The moving statistics move as in ``call``.
         """
         shape = dims(inputs)
-        channels = shape[-1]
-        y, mean, variance = _batch_norm_hard_swish(tf.reshape(inputs, [-1, channels]), tf.convert_to_tensor(self.gamma),
-                                                   tf.convert_to_tensor(self.beta), self.epsilon)
+        gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
+        y, mean, variance = _batch_norm_hard_swish(tf.reshape(inputs, [-1, shape[-1]]), gamma, beta, self.epsilon)
         decay = 1.0 - self.momentum
         self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
         self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
