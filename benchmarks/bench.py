@@ -218,8 +218,9 @@ def official(python: str, what: str) -> dict | None:
     key = next(iter(next(iter(runs.values()))))
     better = max if key == "clips_per_s" else min
     best = better(runs, key=lambda onednn: runs[onednn][key])
-    print("  official " + ", ".join(f"oneDNN {'on' if onednn else 'off'} {run[key]:.3f}"
-                                   for onednn, run in sorted(runs.items())) + f": oneDNN {'on' if best else 'off'} is the reference")
+    setting = lambda onednn: "oneDNN on" if onednn else "oneDNN off"  # noqa: E731
+    print("  official " + ", ".join(f"{setting(onednn)} {run[key]:.3f}" for onednn, run in sorted(runs.items()))
+          + f": {setting(best)} is the reference")
     return runs[best]
 
 
