@@ -27,7 +27,7 @@ from search.candidate import Candidate
 from search.results import FAILED, OK, STOPPED, Ledger, format_row, trial_row
 from search.samplers import Sampler
 from search.space import SearchSpace
-from search.trial import TrialFn, run_trial, trial_location
+from search.trial import TRIAL_PROCESS, TrialFn, run_trial, trial_location
 
 BACKEND = "ray"
 
@@ -45,11 +45,11 @@ PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def runtime_env() -> dict:
-    """What Ray workers need: this checkout of the code on their path, a quiet TensorFlow, and the
-    driver's TensorFlow switches (``PASSED_ON``)."""
+    """What Ray workers need: this checkout of the code on their path, a quiet TensorFlow, the
+    driver's TensorFlow switches (``PASSED_ON``), and ``TRIAL_PROCESS`` (they only run trials)."""
     package_root = str(Path(search_package.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1"}
     env.update({name: os.environ.get(name, default) for name, default in PASSED_ON.items()})
     return {"env_vars": env}
 

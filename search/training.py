@@ -7,13 +7,16 @@ fields); this module only adapts the search's trial contract (``search.trial``) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
 import time
 from typing import Mapping
 
 from search.candidate import MODE, Candidate
 from search.space import SearchSpace, SpaceError
-from search.trial import Report, hold_threads, stream_latency_ms
+from search.trial import TRIAL_PROCESS, Report, hold_threads, stream_latency_ms
 
 # DataConfig fields a candidate sets: its clip is part of what is searched.
 CLIP_FIELDS = ("frames", "resolution", "stride")
@@ -25,6 +28,29 @@ def data_config(space: SearchSpace, candidate: Candidate):
 
     return DataConfig(**{**space.data, "frames": candidate.frames, "resolution": candidate.resolution,
                          "stride": candidate.frame_stride})
+
+
+# What Keras 3 imports as it loads, if installed, for features a trial never uses (notebook
+# detection, an image gallery plot): ~1.4 s of a fresh process's ~9 s import of TensorFlow and
+# Keras on a 2-core host, paid by every trial process of a search.
+UNUSED_IN_TRIALS = ("IPython", "matplotlib")
+
+
+@contextlib.contextmanager
+def _unused_modules_kept_out():
+    """In a process that only runs trials (``TRIAL_PROCESS`` set, as in Ray's workers of a search),
+    Keras loads without ``UNUSED_IN_TRIALS``; the process can still import them afterwards. Any
+    other process (a notebook, the Keras Tuner backend's driver) imports as it would."""
+    blocked = []
+    if os.environ.get(TRIAL_PROCESS) == "1" and "keras" not in sys.modules:
+        blocked = [name for name in UNUSED_IN_TRIALS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))   # None there: `import name` raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) -> dict:
@@ -39,10 +65,11 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
     validation pass; the first step traces the training function, so tracing counts here).
     """
     began = time.monotonic()
-    hold_threads(space.settings.cpus)
-    import keras
+    with _unused_modules_kept_out():
+        hold_threads(space.settings.cpus)
+        import keras
 
-    from movinet.train import train_candidate
+        from movinet.train import train_candidate
 
     keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
     timing = {"import_seconds": time.monotonic() - began, "probe_seconds": 0.0, "fit_seconds": 0.0}

@@ -19,6 +19,10 @@ from typing import Callable, Mapping
 from search.candidate import Candidate
 from search.space import SearchSpace
 
+# Set (to "1") in the environment of processes that only run trials, such as the Ray workers of a
+# search (``search.ray_backend.runtime_env``); ``search.training`` then imports less.
+TRIAL_PROCESS = "MOVINET_TRIAL_PROCESS"
+
 Report = Callable[[dict], None]
 TrialFn = Callable[[Candidate, SearchSpace, Report], Mapping]
 
