@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,6 +30,11 @@ from movinet.layers import depthwise_as_taps
 from movinet.model import fold_batch_norm
 
 QUANTIZATIONS = (None, "float16", "int8")
+
+# TensorFlow's int8 calibration runs the model in tf.lite.Interpreter, whose constructor warns that
+# it is deprecated in favour of ai_edge_litert's: a warning about a call inside the converter,
+# which no user of this package can act on (our own runs use ai_edge_litert, ``_interpreter``).
+CONVERTER_OWN_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
 
 
 class ExportError(ValueError):
@@ -274,7 +280,9 @@ def convert(function, trackable, quantization: str | None = None, representative
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        return converter.convert()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=CONVERTER_OWN_WARNING, category=UserWarning)
+            return converter.convert()
     except Exception as err:  # ConverterError is not public; nothing else is raised at this point
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         flex = next((line for line in lines if line.startswith("TF Select ops:")), None)
