@@ -15,8 +15,6 @@ import itertools
 import random
 from typing import Any, Iterator, Mapping, Sequence
 
-import optuna
-
 from search.candidate import Candidate, candidate_macs, decode
 from search.space import SearchSpace, SpaceError
 
@@ -154,6 +152,10 @@ class OptunaSampler(Sampler):
     (maximize top-1, minimize multiply-adds; Optuna's TPE handles several objectives)."""
 
     def __init__(self, space: SearchSpace, multi_objective: bool = False):
+        # Imported here, not with the module: a search by any other sampler, and every Ray worker
+        # that unpickles a trial (it imports this module), would pay Optuna's ~0.1-0.15 s import.
+        import optuna
+
         super().__init__(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.multi_objective = multi_objective
@@ -180,16 +182,23 @@ class OptunaSampler(Sampler):
             return
         values = self._values(result)
         if values is None:
-            self.study.tell(handle, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(handle, state=_optuna_trial().TrialState.FAIL)
         else:
             self.study.tell(handle, values)
 
     def _record(self, point, result):
         values = self._values(result)
-        state = optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL
-        self.study.add_trial(optuna.trial.create_trial(
+        trial = _optuna_trial()
+        state = trial.TrialState.COMPLETE if values else trial.TrialState.FAIL
+        self.study.add_trial(trial.create_trial(
             state=state, values=values, params=dict(point),
             distributions={name: self._distributions[name] for name in point}))
+
+
+def _optuna_trial():
+    import optuna.trial
+
+    return optuna.trial
 
 
 def make_sampler(space: SearchSpace, algorithm: str | None = None) -> Sampler:
