@@ -180,25 +180,22 @@ class OptunaSampler(Sampler):
     def _tell(self, handle, result):
         if handle is None:
             return
+        from optuna.trial import TrialState
+
         values = self._values(result)
         if values is None:
-            self.study.tell(handle, state=_optuna_trial().TrialState.FAIL)
+            self.study.tell(handle, state=TrialState.FAIL)
         else:
             self.study.tell(handle, values)
 
     def _record(self, point, result):
+        from optuna.trial import TrialState, create_trial
+
         values = self._values(result)
-        trial = _optuna_trial()
-        state = trial.TrialState.COMPLETE if values else trial.TrialState.FAIL
-        self.study.add_trial(trial.create_trial(
+        state = TrialState.COMPLETE if values else TrialState.FAIL
+        self.study.add_trial(create_trial(
             state=state, values=values, params=dict(point),
             distributions={name: self._distributions[name] for name in point}))
-
-
-def _optuna_trial():
-    import optuna.trial
-
-    return optuna.trial
 
 
 def make_sampler(space: SearchSpace, algorithm: str | None = None) -> Sampler:
