@@ -1,6 +1,7 @@
 """Speed and memory of this implementation beside the official one, measured in the same run.
 
     python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...]
+    python benchmarks/bench.py --train-only stream [--batch 2] [--se-type none] [--jit-compile] [--profile]
 
 Each figure is printed with the official figure and the ratio when the official environment
 (benchmarks/make_official_env.sh) is given, and as a fraction of this machine's float32
@@ -111,12 +112,14 @@ def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit
 
 
 def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172,
-               keras_optimizer: bool = False) -> float:
+               keras_optimizer: bool = False, jit_compile: bool = False, profile: bool = False,
+               **model_options) -> float:
     """Clips per second of A0 training steps; also prints the traced step's ops and tracing time.
 
     The optimizer is what `movinet train` builds: the recipe's RMSprop (rho 0.9, momentum 0.9,
     epsilon 1) with fused updates, or with ``keras_optimizer`` Keras's own RMSprop of the same
-    settings, to compare the two.
+    settings, to compare the two. ``jit_compile`` compiles the whole step with XLA, ``model_options``
+    change the model (e.g. ``se_type="none"``), and ``profile`` prints where a step's op time goes.
     """
     import keras
     import tensorflow as tf
@@ -124,7 +127,7 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     import movinet
     from movinet.train import TrainConfig, learning_rate_schedule, make_optimizer
 
-    model = movinet.build_model("a0", mode)
+    model = movinet.build_model("a0", mode, **model_options)
     config, steps = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), 100
     if keras_optimizer:
         optimizer = keras.optimizers.RMSprop(learning_rate_schedule(config, steps), rho=config.rmsprop_rho,
@@ -136,7 +139,7 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     clips = tf.random.uniform([batch, frames, resolution, resolution, 3])
     labels = tf.zeros([batch], tf.int32)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, model(clips, training=True))
@@ -147,7 +150,49 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     began = time.perf_counter()
     ops = len(step.get_concrete_function().graph.get_operations())
     print(f"traced step: {ops:,} ops in {time.perf_counter() - began:.1f} s", flush=True)
-    return batch / timed(lambda: step().numpy(), repeats=6 if mode == "stream" else 3, warmup=2)
+    rate = batch / timed(lambda: step().numpy(), repeats=6 if mode == "stream" else 3, warmup=2)
+    if profile:
+        print_op_profile(lambda: step().numpy())
+    return rate
+
+
+def print_op_profile(step, steps: int = 5, top: int = 15) -> None:
+    """Runs ``step`` under tf.profiler and prints op time per step by op type, then by op.
+
+    Op times are each kernel's wall time, summed over TensorFlow's threads: a kernel that runs on
+    both cores counts once, two kernels at once count twice. XLA executables show as one entry.
+    """
+    import collections
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            step()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
+    by_type, by_op = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                ms = event.duration_ps / 1e9 / steps
+                if name == "CpuExecutable::ExecuteAsyncOnStream":
+                    by_type["(XLA executables)"] += ms
+                elif ":" in name and "::" not in name and not name.startswith("EagerLocalExecute"):
+                    by_type[name.rsplit(":", 1)[1]] += ms   # "op name:op type"; frames are left out
+                    by_op[name] += ms
+    print(f"op time per step over {steps} steps: {sum(by_type.values()):.1f} ms")
+    for kind, ms in by_type.most_common(top):
+        print(f"  {ms:8.1f} ms  {kind}")
+    print("  heaviest ops:")
+    for name, ms in by_op.most_common(top):
+        print(f"  {ms:8.1f} ms  {name}")
 
 
 def train_in_process(mode: str, onednn: bool) -> float:
@@ -243,9 +288,17 @@ def main():
                         help="only time our training step in this mode (prints clips/s last)")
     parser.add_argument("--keras-optimizer", action="store_true",
                         help="with --train-only: Keras's RMSprop instead of the fused one")
+    parser.add_argument("--batch", type=int, default=8, help="with --train-only: clips per step")
+    parser.add_argument("--se-type", help="with --train-only: the model's se_type (e.g. none)")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="with --train-only: the whole training step compiled by XLA")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --train-only: print where a step's op time goes (tf.profiler)")
     args = parser.parse_args()
     if args.train_only:
-        print(ours_train(args.train_only, keras_optimizer=args.keras_optimizer))
+        options = {"se_type": args.se_type} if args.se_type else {}
+        print(ours_train(args.train_only, batch=args.batch, keras_optimizer=args.keras_optimizer,
+                         jit_compile=args.jit_compile, profile=args.profile, **options))
         return
     only = set(args.only.split(","))
     if args.official_python and not Path(args.official_python).exists():
