@@ -23,6 +23,6 @@ setup(
         "ai-edge-litert",
         "keras-tuner",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={"console_scripts": ["movinet=cli.main:main"]},
 )

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 TINY = HERE / "tiny.yaml"
 ALGORITHMS = ("random", "grid", "tpe", "multi_objective")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]   # one worker: Ray clusters do not share the machine
 
 
 def space_file(tmp_path: Path, **changes) -> Path:
