@@ -11,6 +11,7 @@ matrix-multiply peak. Batch 1 and float32 unless said.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -125,8 +126,11 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     import tensorflow as tf
 
     import movinet
+    from movinet import native
+    from movinet.allocator import keep_freed_memory
     from movinet.train import TrainConfig, learning_rate_schedule, make_optimizer
 
+    keep_freed_memory()   # as the trainer does
     model = movinet.build_model("a0", mode, **model_options)
     config, steps = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), 100
     if keras_optimizer:
@@ -148,7 +152,8 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
         return loss
 
     began = time.perf_counter()
-    ops = len(step.get_concrete_function().graph.get_operations())
+    with native.disabled() if jit_compile else contextlib.nullcontext():   # XLA cannot hold custom ops
+        ops = len(step.get_concrete_function().graph.get_operations())
     print(f"traced step: {ops:,} ops in {time.perf_counter() - began:.1f} s", flush=True)
     rate = batch / timed(lambda: step().numpy(), repeats=6 if mode == "stream" else 3, warmup=2)
     if profile:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from movinet import native
 from movinet.cost import state_shapes
 from movinet.layers import depthwise_as_taps
 from movinet.model import fold_batch_norm
@@ -140,7 +141,7 @@ def xla_function(fn, *input_signature):
     E.g. ``xla_function(lambda clip: fold_batch_norm(model)(clip, training=False), clip)`` for a
     base model: XLA's own depthwise convolution is a slow loop on CPU, the taps fuse.
     """
-    with depthwise_as_taps():
+    with depthwise_as_taps(), native.disabled():
         return tf.function(fn, jit_compile=True).get_concrete_function(*input_signature)
 
 

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from movinet import native
 from movinet.cost import downsampled
 
 HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly 1/6)
@@ -76,8 +77,17 @@ def _normalize_hard_swish_grad(x, mean, inverse, gamma, beta, upstream):
 
 def _batch_norm_hard_swish(x, gamma, beta, epsilon: float):
     """hard_swish of training-mode batch norm of ``x`` [rows, C]; returns it with the batch mean
-    and (biased) variance."""
+    and (biased) variance.
 
+    By the native kernels (``movinet.native``) where they are built and allowed: ~1.3x faster each
+    way and exact to float's epsilon; else from TF's fused statistics and XLA kernels.
+    """
+    if native.enabled():
+        return native.batch_norm_hard_swish(x, gamma, beta, epsilon)
+    return _xla_batch_norm_hard_swish(x, gamma, beta, epsilon)
+
+
+def _xla_batch_norm_hard_swish(x, gamma, beta, epsilon: float):
     @tf.custom_gradient
     def forward(x, gamma, beta):
         # The statistics from TF's fused kernel (its normalized output goes unused): faster on CPU

@@ -30,6 +30,7 @@ The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import math
@@ -45,6 +46,8 @@ import tensorflow as tf
 import yaml
 from tensorflow.core.framework import summary_pb2
 
+from movinet import native
+from movinet.allocator import keep_freed_memory
 from movinet.data import DataConfig, DataInfo, make_datasets
 from movinet.evaluate import batch_counts, summarize_counts
 from movinet.model import build_model
@@ -159,6 +162,7 @@ class Trainer:
         replicas = strategy.num_replicas_in_sync
         if global_batch_size % replicas:
             raise TrainError(f"batch_size={global_batch_size} does not split over {replicas} replicas")
+        keep_freed_memory()   # steps reuse their pages instead of faulting them in (movinet/allocator.py)
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -172,7 +176,8 @@ class Trainer:
         self._eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
 
     def _replica_gradients(self, clips, labels):
-        with tf.GradientTape() as tape:
+        # Traced inside XLA (config.jit_compile), the step cannot hold the native custom ops.
+        with native.disabled() if self.config.jit_compile else contextlib.nullcontext(), tf.GradientTape() as tape:
             logits = tf.cast(self.model(clips, training=True), tf.float32)
             counts = batch_counts(labels, logits, self.num_classes, self.config.label_smoothing)
             loss = counts["loss"] / self.global_batch_size

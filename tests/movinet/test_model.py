@@ -245,6 +245,7 @@ def test_fused_training_hard_swish_matches_the_plain_ops(dtype):
 
 
 def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatch):
+    monkeypatch.setenv("MOVINET_NATIVE", "0")   # the XLA kernels (test_native.py covers the native ones)
     model = movinet.build_model("a0", "stream", num_classes=3)
     clip = tf.random.uniform([1, 4, 128, 128, 3])
     sizes = []
@@ -265,10 +266,13 @@ def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatc
     assert worth_fusing(keras.Input((4, 128, 128, 24))) and not worth_fusing(tf.zeros([2, 4, 8, 8, 24]))
 
 
+@pytest.mark.parametrize("native_kernels", ["1", "0"])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5, 7), (64, 6)])
-def test_batch_norm_fused_with_hard_swish_trains_like_the_two_layers(shape, monkeypatch):
-    """BatchNorm.hard_swish_after: the outputs, the gradients of input, gamma and beta, and the
-    moving statistics of keras BatchNormalization followed by hard_swish."""
+def test_batch_norm_fused_with_hard_swish_trains_like_the_two_layers(shape, native_kernels, monkeypatch):
+    """BatchNorm.hard_swish_after, by the native kernels and by the XLA ones: the outputs, the
+    gradients of input, gamma and beta, and the moving statistics of keras BatchNormalization
+    followed by hard_swish."""
+    monkeypatch.setenv("MOVINET_NATIVE", native_kernels)
     monkeypatch.setattr(movinet.layers, "FUSE_MIN_ELEMENTS", 1)
     rng = np.random.default_rng(5)
     x = tf.constant(rng.normal(1.0, 3.0, shape).astype(np.float32))

@@ -196,6 +196,18 @@ def test_a_candidate_without_a_run_folder_writes_nothing_and_learns_the_same(tmp
 
 
 @pytest.mark.slow
+def test_an_xla_compiled_training_step_uses_the_tf_ops(monkeypatch):
+    """With jit_compile the trainer traces its step without the native ops (movinet/native),
+    which XLA cannot hold, though batch norm and hard_swish are fused here."""
+    import movinet.layers
+
+    monkeypatch.setattr(movinet.layers, "FUSE_MIN_ELEMENTS", 1)
+    result = train_candidate(tiny_spec(), "stream", DataConfig(**TINY_DATA), {"epochs": 1},
+                             train_config=TrainConfig(**TINY_TRAIN, jit_compile=True))
+    assert np.isfinite(result["train_loss"]) and result["steps"] > 0
+
+
+@pytest.mark.slow
 def test_mixed_precision_training_runs(tmp_path):
     for precision in ("mixed_float16", "mixed_bfloat16"):
         result = train(tiny_spec(), "base", DataConfig(**{**TINY_DATA, "train_clips": 8}),
