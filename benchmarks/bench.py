@@ -11,7 +11,6 @@ matrix-multiply peak. Batch 1 and float32 unless said.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -152,7 +151,7 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
         return loss
 
     began = time.perf_counter()
-    with native.disabled() if jit_compile else contextlib.nullcontext():   # XLA cannot hold custom ops
+    with native.disabled(jit_compile):   # XLA cannot hold custom ops
         ops = len(step.get_concrete_function().graph.get_operations())
     print(f"traced step: {ops:,} ops in {time.perf_counter() - began:.1f} s", flush=True)
     rate = batch / timed(lambda: step().numpy(), repeats=6 if mode == "stream" else 3, warmup=2)

@@ -22,12 +22,17 @@ M_MMAP_MAX = -4
 _applied = False
 
 
+def switched_off(variable: str) -> bool:
+    """Whether the environment variable ``variable`` says 0 / false / no / off (unset: on)."""
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def keep_freed_memory() -> bool:
     """Sets glibc's M_MMAP_MAX to 0 and M_TRIM_THRESHOLD to 2 GiB - 1; returns whether they are set."""
     global _applied
     if _applied:
         return True
-    if os.environ.get("MOVINET_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off("MOVINET_KEEP_FREED_MEMORY"):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -30,7 +30,6 @@ The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import math
@@ -177,7 +176,7 @@ class Trainer:
 
     def _replica_gradients(self, clips, labels):
         # Traced inside XLA (config.jit_compile), the step cannot hold the native custom ops.
-        with native.disabled() if self.config.jit_compile else contextlib.nullcontext(), tf.GradientTape() as tape:
+        with native.disabled(self.config.jit_compile), tf.GradientTape() as tape:
             logits = tf.cast(self.model(clips, training=True), tf.float32)
             counts = batch_counts(labels, logits, self.num_classes, self.config.label_smoothing)
             loss = counts["loss"] / self.global_batch_size

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from movinet.allocator import switched_off
+
 SOURCE = Path(__file__).with_name("bn_hard_swish.cc")
 # Eigen's AVX512-FP16 header does not compile with GCC, so -march=native on a CPU that has it
 # needs -mno-avx512fp16; compilers that lack the flag retry without it.
@@ -45,9 +47,9 @@ class NativeBuildError(RuntimeError):
 
 
 @contextlib.contextmanager
-def disabled():
-    """Within it, functions traced use the portable TF ops (for XLA-compiled functions)."""
-    token = _DISABLED.set(True)
+def disabled(when: bool = True):
+    """Within it (if ``when``), functions traced use the portable TF ops (for XLA-compiled functions)."""
+    token = _DISABLED.set(when or _DISABLED.get())
     try:
         yield
     finally:
@@ -128,7 +130,7 @@ def library():
 
 def enabled() -> bool:
     """Whether functions traced now should use the native kernels (warns once when they cannot)."""
-    if _DISABLED.get() or os.environ.get("MOVINET_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _DISABLED.get() or switched_off("MOVINET_NATIVE"):
         return False
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return False

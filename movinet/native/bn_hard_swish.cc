@@ -254,6 +254,16 @@ class BnHardSwishGradOp : public OpKernel {
   float epsilon_;
 };
 
+// Both ops: output 0 shaped as x [rows, C], outputs 1 and 2 as [C].
+absl::Status RowsLikeXAndTwoChannelVectors(InferenceContext* c) {
+  ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  c->set_output(0, x);
+  c->set_output(1, c->Vector(c->Dim(x, 1)));
+  c->set_output(2, c->Vector(c->Dim(x, 1)));
+  return absl::OkStatus();
+}
+
 REGISTER_OP("MovinetBnHardSwish")
     .Input("x: float")
     .Input("gamma: float")
@@ -262,14 +272,7 @@ REGISTER_OP("MovinetBnHardSwish")
     .Output("mean: float")
     .Output("variance: float")
     .Attr("epsilon: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      c->set_output(0, x);
-      c->set_output(1, c->Vector(c->Dim(x, 1)));
-      c->set_output(2, c->Vector(c->Dim(x, 1)));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(RowsLikeXAndTwoChannelVectors);
 
 REGISTER_OP("MovinetBnHardSwishGrad")
     .Input("x: float")
@@ -282,14 +285,7 @@ REGISTER_OP("MovinetBnHardSwishGrad")
     .Output("dgamma: float")
     .Output("dbeta: float")
     .Attr("epsilon: float")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      c->set_output(0, x);
-      c->set_output(1, c->Vector(c->Dim(x, 1)));
-      c->set_output(2, c->Vector(c->Dim(x, 1)));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(RowsLikeXAndTwoChannelVectors);
 
 REGISTER_KERNEL_BUILDER(Name("MovinetBnHardSwish").Device(DEVICE_CPU), BnHardSwishOp);
 REGISTER_KERNEL_BUILDER(Name("MovinetBnHardSwishGrad").Device(DEVICE_CPU), BnHardSwishGradOp);
