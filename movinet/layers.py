@@ -170,29 +170,44 @@ def same_padding(height, width, kernel_h, kernel_w, stride_h, stride_w) -> list:
     return [[0, 0], *pads, [0, 0]]
 
 
-# From this many taps (5x5), the filter gradient of a depthwise convolution takes TF's own kernel
-# instead of oneDNN's, which is ~2x slower there on CPU (A0 block0's 5x5 strided filter gradient:
-# 11.8 -> 7.0 ms; at 3x3 oneDNN's is the faster, 4.0 against 7.3 ms at 64x43x43x80).
+# Without the native kernels: from this many taps (5x5), the filter gradient of a depthwise
+# convolution takes TF's own kernel instead of oneDNN's, which is ~2x slower there on CPU (A0
+# block0's 5x5 strided filter gradient: 11.8 -> 7.0 ms; at 3x3 oneDNN's is the faster, 4.0 against
+# 7.3 ms at 64x43x43x80).
 EIGEN_FILTER_GRADIENT_MIN_TAPS = 25
 
 
-def _depthwise_eigen_filter_gradient(x, kernel, strides):
-    """'SAME' depthwise conv whose filter gradient is TF's kernel (explicit padding, which oneDNN
-    does not take); the forward pass and the input gradient stay oneDNN's where it is on."""
-    _, height, width, _ = x.shape
-    paddings = sum(same_padding(height, width, *kernel.shape[:2], *strides[1:3]), [])
+def _explicit_padding(x, kernel, strides, padding) -> list:
+    if padding == "SAME":
+        return same_padding(x.shape[1], x.shape[2], *kernel.shape[:2], *strides[1:3])
+    return [[0, 0]] * 4 if padding == "VALID" else padding
+
+
+def _eigen_filter_gradient(x, upstream, kernel, strides, paddings):
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x, filter_sizes=tf.shape(kernel), out_backprop=upstream, strides=strides, padding="EXPLICIT",
+        explicit_paddings=sum(paddings, []))
+
+
+def _native_filter_gradient(x, upstream, kernel, strides, paddings):
+    return native.depthwise_filter_gradient(x, upstream, kernel.shape[:2], strides, paddings)
+
+
+def _depthwise_with_filter_gradient(x, kernel, strides, padding, filter_gradient):
+    """The depthwise conv whose filter gradient is ``filter_gradient(x, upstream, kernel, strides,
+    explicit paddings)``; the forward pass and the input gradient stay TF's (oneDNN's where it is on)."""
+    paddings = _explicit_padding(x, kernel, strides, padding)
 
     @tf.custom_gradient
     def conv(x, kernel):
         def grad(upstream):
             dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-                input_sizes=tf.shape(x), filter=kernel, out_backprop=upstream, strides=strides, padding="SAME")
-            dk = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-                input=x, filter_sizes=tf.shape(kernel), out_backprop=upstream, strides=strides,
-                padding="EXPLICIT", explicit_paddings=paddings)
-            return dx, dk
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=upstream, strides=strides,
+                padding=padding if isinstance(padding, str) else "EXPLICIT",
+                explicit_paddings=[] if isinstance(padding, str) else sum(padding, []))
+            return dx, filter_gradient(x, upstream, kernel, strides, paddings)
 
-        return tf.nn.depthwise_conv2d(x, kernel, strides, "SAME"), grad
+        return tf.nn.depthwise_conv2d(x, kernel, strides, padding), grad
 
     return conv(x, kernel)
 
@@ -201,15 +216,19 @@ def depthwise_conv2d(x, kernel, strides, padding, training=False):
     """``tf.nn.depthwise_conv2d`` (channel multiplier 1) of ``x`` [N, H, W, C] with ``kernel``
     [kh, kw, C, 1]; padding 'SAME', 'VALID' or explicit [[0, 0], [top, bottom], [left, right], [0, 0]].
 
-    ``training``: a 'SAME' conv of ``EIGEN_FILTER_GRADIENT_MIN_TAPS`` taps or more takes its filter
-    gradient from TF's kernel (the same gradient; inference graphs keep the one plain op).
+    ``training`` (static shapes): the filter gradient comes from the native kernel
+    (``movinet.native``; 1.5-3x faster than TF's on A0's shapes) or, without it, for a 'SAME' conv
+    of ``EIGEN_FILTER_GRADIENT_MIN_TAPS`` taps or more, from TF's own kernel instead of oneDNN's
+    (the same gradient; inference graphs keep the one plain op).
     Under ``depthwise_as_taps()``: the sum over the kh*kw taps of the padded input's strided
     window at that tap times the tap's channel weights, the same function as TF's op.
     """
     if not _DEPTHWISE_AS_TAPS.get():
-        if (training and padding == "SAME" and kernel.shape[0] * kernel.shape[1] >= EIGEN_FILTER_GRADIENT_MIN_TAPS
-                and x.shape[1] is not None and x.shape[2] is not None):
-            return _depthwise_eigen_filter_gradient(x, kernel, strides)
+        if training and x.shape[1:].is_fully_defined():
+            if x.dtype == tf.float32 and native.enabled():
+                return _depthwise_with_filter_gradient(x, kernel, strides, padding, _native_filter_gradient)
+            if padding == "SAME" and kernel.shape[0] * kernel.shape[1] >= EIGEN_FILTER_GRADIENT_MIN_TAPS:
+                return _depthwise_with_filter_gradient(x, kernel, strides, padding, _eigen_filter_gradient)
         return tf.nn.depthwise_conv2d(x, kernel, strides, padding)
     kernel_h, kernel_w = kernel.shape[:2]
     stride_h, stride_w = strides[1:3]
@@ -568,7 +587,7 @@ class FeatureConv(keras.layers.Layer):
                 initializer=initializer, regularizer=regularizer)
             self.bn.build(input_shape)
 
-    def temporal_conv(self, x, kernel, front: int = 0, back: int = 0):
+    def temporal_conv(self, x, kernel, front: int = 0, back: int = 0, training: bool = False):
         """The depthwise (kt, 1) conv along time of ``x`` ([B, T, H, W, C]) with ``front`` and
         ``back`` frames of zero padding (none: 'valid' over already padded frames).
 
@@ -579,7 +598,7 @@ class FeatureConv(keras.layers.Layer):
         batch, frames, height, width, channels = dims(x)
         padding = "VALID" if front == back == 0 else [[0, 0], [front, back], [0, 0], [0, 0]]
         y = depthwise_conv2d(tf.reshape(x, [batch, frames, -1, channels]), tf.cast(kernel, x.dtype), [1, 1, 1, 1],
-                             padding)
+                             padding, training=training)
         return tf.reshape(y, [batch, frames + front + back - (self.kernel_t - 1), height, width, channels])
 
     def call(self, x, states, training=None):
@@ -593,11 +612,11 @@ class FeatureConv(keras.layers.Layer):
                     # The start of a clip (training, base mode): zero padding inside the conv. A
                     # causal layer still returns its next buffer (a graph prunes it when unused).
                     front = self.kernel_t - 1 if self.causal else (self.kernel_t - 1) // 2
-                    y = self.temporal_conv(x, kernel, front, self.kernel_t - 1 - front)
+                    y = self.temporal_conv(x, kernel, front, self.kernel_t - 1 - front, training=training is True)
                     buffer = temporal_padding(x, self.kernel_t, True, None)[1] if self.causal else None
                 else:
                     padded, buffer = temporal_padding(x, self.kernel_t, self.causal, previous)
-                    y = self.temporal_conv(padded, kernel)
+                    y = self.temporal_conv(padded, kernel, training=training is True)
                 x = self.normalize(y, self.bn_temporal, training)
                 if buffer is not None:
                     new_states[self.buffer_name] = buffer

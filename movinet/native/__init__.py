@@ -1,7 +1,9 @@
 """Native CPU kernels for the hot spots of training, compiled on first use against the installed TF.
 
 ``bn_hard_swish.cc`` holds training-mode batch norm + hard_swish forward and backward (two passes
-over the activations each way, sums in double; see the file). The library is built with the C++
+over the activations each way, sums in double; see the file), ``depthwise_filter_grad.cc`` the
+filter gradient of a depthwise 2D convolution (any kernel, strides and explicit padding; sums in
+double per image). The library (both files) is built with the C++
 compiler (``$CXX``, else ``c++``) into a cache directory (``$MOVINET_NATIVE_CACHE``, else
 ``~/.cache/movinet/native``) under a name that hashes the source, the TF version, the flags and
 this CPU's instruction set, so concurrent workers (pytest-xdist, Ray trials) and nodes of a
@@ -32,7 +34,7 @@ import tensorflow as tf
 
 from movinet.allocator import switched_off
 
-SOURCE = Path(__file__).with_name("bn_hard_swish.cc")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_hard_swish.cc", "depthwise_filter_grad.cc"))
 # Eigen's AVX512-FP16 header does not compile with GCC, so -march=native on a CPU that has it
 # needs -mno-avx512fp16; compilers that lack the flag retry without it.
 ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
@@ -76,12 +78,12 @@ def _compiler() -> list[str]:
 
 
 def _build(directory: Path) -> Path:
-    """Compiles SOURCE into ``directory`` (once per source, TF, compiler and CPU) and returns the library."""
+    """Compiles SOURCES into ``directory`` (once per source, TF, compiler and CPU) and returns the library."""
     base_flags = ["-shared", "-fPIC", "-O3", "-std=c++17", "-w"]
     tf_flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), tf.__version__, *_compiler(), *base_flags, *tf_flags,
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
-    library = directory / f"bn_hard_swish_{key}.so"
+    key = hashlib.sha256("\0".join([*(source.read_text() for source in SOURCES), tf.__version__, *_compiler(),
+                                    *base_flags, *tf_flags, _cpu_signature()]).encode()).hexdigest()[:16]
+    library = directory / f"movinet_native_{key}.so"
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def _build(directory: Path) -> Path:
         for arch in ARCH_FLAGS:
             handle, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
             os.close(handle)
-            command = [*_compiler(), *base_flags, *arch, str(SOURCE), "-o", partial, *tf_flags]
+            command = [*_compiler(), *base_flags, *arch, *map(str, SOURCES), "-o", partial, *tf_flags]
             try:
                 result = subprocess.run(command, capture_output=True, text=True)
             except OSError as error:
@@ -104,7 +106,7 @@ def _build(directory: Path) -> Path:
                 return library
             os.unlink(partial)
             errors.append(f"$ {shlex.join(command)}\n{result.stderr.strip()[-2000:]}")
-        raise NativeBuildError("compiling " + str(SOURCE) + " failed:\n" + "\n".join(errors))
+        raise NativeBuildError(f"compiling {' and '.join(map(str, SOURCES))} failed:\n" + "\n".join(errors))
 
 
 def library():
@@ -160,3 +162,12 @@ def batch_norm_hard_swish(x, gamma, beta, epsilon: float):
         return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
 
     return forward(x, gamma, beta)
+
+
+def depthwise_filter_gradient(x, upstream, kernel_size, strides, paddings):
+    """The filter gradient [kh, kw, C, 1] of a depthwise 2D convolution of ``x`` [N, H, W, C]
+    (strides [1, sh, sw, 1], explicit ``paddings`` [[0, 0], [top, bottom], [left, right], [0, 0]])
+    whose output gradient is ``upstream``, by the native kernel; call only where ``enabled()``."""
+    return library().movinet_depthwise_filter_grad(
+        x, upstream, kernel_h=kernel_size[0], kernel_w=kernel_size[1], stride_h=strides[1], stride_w=strides[2],
+        pad_top=paddings[1][0], pad_left=paddings[2][0])

@@ -298,9 +298,11 @@ def test_batch_norm_fused_with_hard_swish_trains_like_the_two_layers(shape, nati
 
 
 @pytest.mark.parametrize("size, kernel, stride", [((9, 9), (5, 5), 2), ((8, 7), (5, 5), 1), ((6, 6), (3, 3), 1)])
-def test_depthwise_training_gradient_is_tfs(size, kernel, stride):
-    """In training, a 5x5 depthwise conv takes its filter gradient from TF's kernel (explicit
-    padding); the gradients equal the plain op's, and inference keeps the plain op."""
+def test_depthwise_training_gradient_is_tfs(size, kernel, stride, monkeypatch):
+    """Without the native kernels (their own test: tests/movinet/test_native.py), a 5x5 depthwise
+    conv in training takes its filter gradient from TF's kernel (explicit padding); the gradients
+    equal the plain op's, and inference keeps the plain op."""
+    monkeypatch.setenv("MOVINET_NATIVE", "0")
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(3, *size, 4)), tf.float32)
     weights = tf.constant(rng.normal(size=(*kernel, 4, 1)), tf.float32)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import movinet
 from movinet import native
-from movinet.layers import _batch_norm_hard_swish, _xla_batch_norm_hard_swish
+from movinet.layers import _batch_norm_hard_swish, _xla_batch_norm_hard_swish, depthwise_conv2d, same_padding
 
 EPSILON = 1e-3
 
@@ -71,12 +71,74 @@ def test_native_and_xla_paths_agree_and_training_uses_the_native_one():
     clip = tf.random.uniform([1, 4, 128, 128, 3])
 
     def op_types():
-        graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(clip).graph
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True))
+            return tape.gradient(loss, model.trainable_variables)
+
+        graph = tf.function(step).get_concrete_function(clip).graph
         return {op.type for op in graph.get_operations()}
 
-    assert "MovinetBnHardSwish" in op_types()
+    assert {"MovinetBnHardSwish", "MovinetDepthwiseFilterGrad"} <= op_types()
     with native.disabled():
-        assert "MovinetBnHardSwish" not in op_types()
+        assert not {"MovinetBnHardSwish", "MovinetDepthwiseFilterGrad"} & op_types()
+
+
+# (x shape, kernel, strides, padding): odd sizes, strides that do not divide them, a 5x4 kernel,
+# more channels than a span and one channel, explicit front padding (a causal temporal conv over
+# [B, T, H*W, C]), 'VALID', and padding wider than the input.
+DEPTHWISE_CASES = [((3, 7, 9, 5), (3, 3), 2, "SAME"), ((2, 9, 8, 3), (5, 4), 3, "SAME"),
+                   ((2, 11, 13, 300), (5, 5), 2, "SAME"), ((4, 6, 6, 1), (3, 3), 1, "SAME"),
+                   ((2, 8, 50, 24), (3, 1), 1, [[0, 0], [2, 0], [0, 0], [0, 0]]),
+                   ((2, 5, 7, 16), (3, 3), 1, "VALID"), ((1, 2, 3, 8), (5, 5), 1, "SAME")]
+
+
+def depthwise_inputs(shape, kernel_size, stride, padding, seed=0):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    kernel = tf.constant(rng.normal(size=(*kernel_size, shape[-1], 1)), tf.float32)
+    y = tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], padding)
+    return x, kernel, tf.constant(rng.normal(size=y.shape), tf.float32)
+
+
+@pytest.mark.parametrize("shape, kernel_size, stride, padding", DEPTHWISE_CASES)
+def test_native_depthwise_filter_gradient_matches_float64(shape, kernel_size, stride, padding):
+    """Against TF's own filter gradient computed in float64, for every kind of padding and stride."""
+    assert native.enabled()
+    x, kernel, upstream = depthwise_inputs(shape, kernel_size, stride, padding)
+    if padding == "SAME":
+        paddings = same_padding(shape[1], shape[2], *kernel_size, stride, stride)
+    else:
+        paddings = [[0, 0]] * 4 if padding == "VALID" else padding
+    strides = [1, stride, stride, 1]
+    expected = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=tf.cast(x, tf.float64), filter_sizes=kernel.shape, out_backprop=tf.cast(upstream, tf.float64),
+        strides=strides, padding="EXPLICIT", explicit_paddings=sum(paddings, [])).numpy()
+    computed = native.depthwise_filter_gradient(x, upstream, kernel_size, strides, paddings)
+    assert computed.shape == kernel.shape
+    assert relative_errors([computed], [expected])[0] < 2e-6
+
+
+@pytest.mark.parametrize("shape, kernel_size, stride, padding", DEPTHWISE_CASES[:1] + DEPTHWISE_CASES[4:6])
+def test_training_depthwise_conv_has_tf_gradients_with_the_native_filter_gradient(shape, kernel_size, stride,
+                                                                                   padding):
+    """depthwise_conv2d(training=True): the plain op's output and both gradients, the native op in its graph."""
+    x, kernel, upstream = depthwise_inputs(shape, kernel_size, stride, padding, seed=1)
+    strides = [1, stride, stride, 1]
+
+    def gradients(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = conv(x, kernel)
+            loss = tf.reduce_sum(y * upstream)
+        return (y, *tape.gradient(loss, [x, kernel]))
+
+    ours = lambda x, k: depthwise_conv2d(x, k, strides, padding, training=True)   # noqa: E731
+    plain = lambda x, k: tf.nn.depthwise_conv2d(x, k, strides, padding)   # noqa: E731
+    for a, b in zip(tf.function(gradients)(ours), gradients(plain)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    graph = tf.function(lambda: gradients(ours)).get_concrete_function().graph
+    assert "MovinetDepthwiseFilterGrad" in {op.type for op in graph.get_operations()}
 
 
 def test_disabled_by_environment_falls_back_to_tf(monkeypatch):
@@ -96,7 +158,7 @@ def test_a_broken_compiler_warns_with_its_error_and_training_falls_back(tmp_path
     monkeypatch.setenv("MOVINET_NATIVE_CACHE", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match="headers went missing"):
         assert not native.enabled()
-    with pytest.raises(native.NativeBuildError, match="bn_hard_swish.cc failed"):
+    with pytest.raises(native.NativeBuildError, match="depthwise_filter_grad.cc failed"):
         native.library()
     assert not native.enabled()   # warned once, still off
     args = inputs(300, 5, seed=3)
