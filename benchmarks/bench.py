@@ -1,6 +1,6 @@
 """Speed and memory of this implementation beside the official one, measured in the same run.
 
-    python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...]
+    python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...] [--pairs 3]
     python benchmarks/bench.py --train-only stream [--batch 2] [--se-type none] [--jit-compile] [--profile]
 
 Each figure is printed with the official figure and the ratio when the official environment
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -287,7 +288,10 @@ def row(name, ours, reference, unit, lower_is_better=True, peak=None, macs=None)
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official-python", default=os.environ.get("MOVINET_OFFICIAL_PYTHON", ""))
-    parser.add_argument("--only", default="peak,stream,base,train,memory,cost")
+    parser.add_argument("--only", default="peak,stream,base,train,memory,cost",
+                        help="comma-separated parts; train_base or train_stream for one training mode")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="training: this many back-to-back pairs of ours and the official, and their median ratio")
     parser.add_argument("--train-only", choices=("base", "stream"),
                         help="only time our training step in this mode (prints clips/s last)")
     parser.add_argument("--keras-optimizer", action="store_true",
@@ -336,16 +340,26 @@ def main():
         row("  BN folded (fold_batch_norm)", ours_base(folded=True), ref and ref["s"], "s", peak=peak, macs=macs)
         row("  BN folded, compiled by XLA", ours_base(jit_compile=True), ref and ref["s"], "s", peak=peak,
             macs=macs)
-    if "train" in only:
-        # Ours as `movinet train` runs (oneDNN on) against the official at its faster setting;
-        # then ours with oneDNN off, so the kernels' share of the gain shows.
-        for mode in ("base", "stream"):
+    for mode in ("base", "stream"):
+        if "train" not in only and f"train_{mode}" not in only:
+            continue
+        # Ours as `movinet train` runs (oneDNN on) against the official at its faster setting, in
+        # --pairs back-to-back pairs (on a host whose speed drifts, the median of the pairs' ratios
+        # holds where two single runs minutes apart do not); then ours with oneDNN off, so the
+        # kernels' share of the gain shows.
+        ratios = []
+        for pair in range(args.pairs):
             ours = train_in_process(mode, onednn=True)
             ref = official(args.official_python, f"train_{mode}")
-            row(f"A0 {mode} training, 8x172x172 x8 (clips/s)", ours, ref and ref["clips_per_s"], "clips/s",
-                lower_is_better=False)
-            row("  ours with oneDNN off", train_in_process(mode, onednn=False), None, "clips/s",
-                lower_is_better=False)
+            label = f"A0 {mode} training, 8x172x172 x8 (clips/s)" + (f", pair {pair + 1}" if args.pairs > 1 else "")
+            row(label, ours, ref and ref["clips_per_s"], "clips/s", lower_is_better=False)
+            if ref:
+                ratios.append(ours / ref["clips_per_s"])
+        if len(ratios) > 1:
+            print(f"  median speed-up over {len(ratios)} pairs: x{statistics.median(ratios):.2f} "
+                  f"(pairs: {', '.join(f'x{r:.2f}' for r in ratios)})", flush=True)
+        row("  ours with oneDNN off", train_in_process(mode, onednn=False), None, "clips/s",
+            lower_is_better=False)
     if "memory" in only:
         for kind in ("stream", "base"):
             short, long = peak_rss_mib(kind, 64), peak_rss_mib(kind, 512 if kind == "stream" else 128)
