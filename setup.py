@@ -8,7 +8,7 @@ setup(
     description="Build, stream, train, export and search the MoViNet family of mobile video networks",
     packages=find_packages(include=["movinet", "movinet.*", "search", "search.*", "family", "family.*",
                                     "cli", "cli.*"]),
-    package_data={"movinet.native": ["*.cc"]},   # compiled on first use (movinet/native/__init__.py)
+    package_data={"movinet.native": ["*.cc", "*.h"]},   # compiled on first use (movinet/native/__init__.py)
     python_requires=">=3.10",
     install_requires=[
         "tensorflow-cpu>=2.20; platform_machine=='x86_64' or platform_machine=='aarch64'",

@@ -35,6 +35,7 @@ import tensorflow as tf
 from movinet.allocator import switched_off
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_hard_swish.cc", "depthwise_filter_grad.cc"))
+HEADERS = (Path(__file__).with_name("kernels.h"),)
 # Eigen's AVX512-FP16 header does not compile with GCC, so -march=native on a CPU that has it
 # needs -mno-avx512fp16; compilers that lack the flag retry without it.
 ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
@@ -81,8 +82,9 @@ def _build(directory: Path) -> Path:
     """Compiles SOURCES into ``directory`` (once per source, TF, compiler and CPU) and returns the library."""
     base_flags = ["-shared", "-fPIC", "-O3", "-std=c++17", "-w"]
     tf_flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
-    key = hashlib.sha256("\0".join([*(source.read_text() for source in SOURCES), tf.__version__, *_compiler(),
-                                    *base_flags, *tf_flags, _cpu_signature()]).encode()).hexdigest()[:16]
+    texts = [path.read_text() for path in SOURCES + HEADERS]
+    key = hashlib.sha256("\0".join([*texts, tf.__version__, *_compiler(), *base_flags, *tf_flags,
+                                    _cpu_signature()]).encode()).hexdigest()[:16]
     library = directory / f"movinet_native_{key}.so"
     if library.exists():
         return library

@@ -9,29 +9,14 @@
 // hard_swish(z) = z * relu6(z + 3) / 6 and its slope (0 at z <= -3, 1 at z >= 3, z/3 + 1/2
 // between) follow TF's Relu6 and Relu6Grad, as movinet/layers.py computes them.
 
-#include <algorithm>
 #include <cmath>
-#include <vector>
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/lib/core/threadpool.h"
+#include "kernels.h"
 
 namespace movinet {
 
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-using tensorflow::shape_inference::InferenceContext;
-using tensorflow::shape_inference::ShapeHandle;
-
 constexpr int64_t kChunkRows = 256;
 constexpr int64_t kMinBlockRows = 2048;
-constexpr int64_t kMinSpan = 256;
 
 inline float HardSwish(float z) { return z * std::min(std::max(z + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f); }
 

@@ -12,26 +12,9 @@
 // into a per-tap tile of L floats: it vectorizes however few channels there are. Tiles gather one
 // image in float, then fold into double per channel; images are split across the CPU workers.
 
-#include <algorithm>
-#include <vector>
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/lib/core/threadpool.h"
+#include "kernels.h"
 
 namespace movinet {
-
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-using tensorflow::shape_inference::InferenceContext;
-using tensorflow::shape_inference::ShapeHandle;
-
-constexpr int64_t kMinSpanElements = 256;
 
 inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t CeilDiv(int64_t a, int64_t b) { return -FloorDiv(-a, b); }
@@ -84,7 +67,7 @@ class DepthwiseFilterGradOp : public OpKernel {
     }
     const float* xs = x.flat<float>().data();
     const float* dys = dy.flat<float>().data();
-    const int64_t span = channels * std::max<int64_t>(1, CeilDiv(kMinSpanElements, channels));
+    const int64_t span = channels * std::max<int64_t>(1, CeilDiv(kMinSpan, channels));
     const int64_t phase_w = CeilDiv(width, stride_w_);   // columns of phase 0, the widest
 
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
