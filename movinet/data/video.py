@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-import av
 import numpy as np
 
 from movinet.data.errors import DataError, SkippedFiles
@@ -153,6 +152,8 @@ def decode_video(path: str, params: DecodeParams) -> np.ndarray:
     Raises:
       VideoError: the file is unreadable, has no video stream or no decodable frame.
     """
+    import av   # here, not at the top: trainings on synthetic or TFRecord data never load PyAV (~0.26 s)
+
     images = []
     try:
         with av.open(path) as container:

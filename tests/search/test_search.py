@@ -196,19 +196,22 @@ KERAS_IMPORT = textwrap.dedent("""
         kept_out = [name for name in UNUSED_IN_TRIALS if name in sys.modules and sys.modules[name] is None]
         if {load_keras}:
             import keras
-    print(kept_out, sorted(name for name in UNUSED_IN_TRIALS if name in sys.modules))
+            import movinet.train
+    print(kept_out, sorted(name for name in UNUSED_IN_TRIALS if name in sys.modules), "av" in sys.modules)
     import matplotlib.pyplot   # still importable afterwards
 """)
 
 
 def test_trial_processes_load_keras_without_what_trials_never_use():
     """Ray's workers of a search are marked as trial processes, and there Keras loads without
-    IPython and matplotlib (~1.4 s of each worker's import); elsewhere nothing is kept out."""
+    IPython and matplotlib (~1.4 s of each worker's import); elsewhere nothing is kept out. The
+    trainer loads PyAV only when it decodes a video."""
     from search.ray_backend import runtime_env
     from search.trial import TRIAL_PROCESS
 
     assert runtime_env()["env_vars"][TRIAL_PROCESS] == "1"
-    for marked, load_keras, printed in (("1", True, "['IPython', 'matplotlib'] []"), ("0", False, "[] []")):
+    for marked, load_keras, printed in (("1", True, "['IPython', 'matplotlib'] [] False"),
+                                         ("0", False, "[] [] False")):
         script = KERAS_IMPORT.format(load_keras=load_keras)
         done = subprocess.run([sys.executable, "-c", script], env={**os.environ, TRIAL_PROCESS: marked},
                               capture_output=True, text=True, timeout=180)
