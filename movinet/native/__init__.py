@@ -3,9 +3,9 @@
 ``bn_hard_swish.cc`` holds training-mode batch norm + hard_swish forward and backward (two passes
 over the activations each way, sums in double; see the file), ``depthwise_filter_grad.cc`` the
 filter gradient of a depthwise 2D convolution (any kernel, strides and explicit padding; sums in
-double per image). The library (both files) is built with the C++
-compiler (``$CXX``, else ``c++``) into a cache directory (``$MOVINET_NATIVE_CACHE``, else
-``~/.cache/movinet/native``) under a name that hashes the source, the TF version, the flags and
+double per image), with what both share in ``kernels.h``. They are built into one library with
+the C++ compiler (``$CXX``, else ``c++``) into a cache directory (``$MOVINET_NATIVE_CACHE``, else
+``~/.cache/movinet/native``) under a name that hashes the sources, the TF version, the flags and
 this CPU's instruction set, so concurrent workers (pytest-xdist, Ray trials) and nodes of a
 mixed cluster each load a build that fits them; a file lock keeps them from compiling twice.
 
