@@ -110,7 +110,7 @@ class DepthwiseFilterGradOp : public OpKernel {
               for (int64_t j = 0; j < kernel_w_; ++j) {
                 // Input column ow * sw + t for output column ow: phase r, column ow + offset there.
                 const int64_t t = j - pad_left_;
-                const int64_t r = t - FloorDiv(t, stride_w_) * stride_w_, offset = FloorDiv(t, stride_w_);
+                const int64_t offset = FloorDiv(t, stride_w_), r = t - offset * stride_w_;
                 const int64_t first = std::max<int64_t>(0, CeilDiv(-t, stride_w_));
                 const int64_t last = std::min(out_w - 1, FloorDiv(width - 1 - t, stride_w_));
                 if (last < first) continue;
