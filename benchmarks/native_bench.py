@@ -47,7 +47,8 @@ def main() -> None:
 
     if not native.enabled():
         raise SystemExit("the native kernels are not available here (see the warning above)")
-    print(f"{'x, kernel, stride':<34} {'TF explicit':>11} {'TF SAME':>8} {'native':>8}   error vs float64 (TF / native)")
+    print(f"{'x, kernel, stride':<34} {'TF explicit':>11} {'TF SAME':>8} {'native':>8}   "
+          "error vs float64 (TF / native)")
     for shape, kernel_size, stride, padding in SHAPES:
         rng = np.random.default_rng(0)
         x = tf.constant(rng.normal(size=shape), tf.float32)

@@ -217,8 +217,9 @@ def depthwise_conv2d(x, kernel, strides, padding, training=False):
     [kh, kw, C, 1]; padding 'SAME', 'VALID' or explicit [[0, 0], [top, bottom], [left, right], [0, 0]].
 
     ``training`` (static shapes): the filter gradient comes from the native kernel
-    (``movinet.native``; faster than TF's on most of A0's shapes: benchmarks/native_bench.py) or, without it, for a 'SAME' conv
-    of ``EIGEN_FILTER_GRADIENT_MIN_TAPS`` taps or more, from TF's own kernel instead of oneDNN's
+    (``movinet.native``; faster than TF's on most of A0's shapes: benchmarks/native_bench.py) or,
+    without it, for a 'SAME' conv of ``EIGEN_FILTER_GRADIENT_MIN_TAPS`` taps or more, from TF's
+    own kernel instead of oneDNN's
     (the same gradient; inference graphs keep the one plain op).
     Under ``depthwise_as_taps()``: the sum over the kh*kw taps of the padded input's strided
     window at that tap times the tap's channel weights, the same function as TF's op.
