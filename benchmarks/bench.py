@@ -79,7 +79,7 @@ def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: boo
     return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
 
-def ours_tflite_stream(resolution: int = 172, frames: int = 100) -> float:
+def ours_tflite_stream(resolution: int = 172, frames: int = 100, num_threads: int | None = None) -> float:
     import tempfile
 
     import numpy as np
@@ -90,7 +90,7 @@ def ours_tflite_stream(resolution: int = 172, frames: int = 100) -> float:
     model = movinet.build_model("a0", "stream")
     with tempfile.TemporaryDirectory() as folder:
         path = export.export_tflite(model, Path(folder) / "a0.tflite", resolution=resolution)
-        runner = export.TFLiteStreamRunner(path, num_threads=os.cpu_count())
+        runner = export.TFLiteStreamRunner(path, num_threads=num_threads or os.cpu_count())
         frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
         return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
@@ -208,6 +208,14 @@ def train_in_process(mode: str, onednn: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def stream_in_process(kind: str, threads: int) -> float:
+    """ms a frame of the XLA runner or the TF Lite export in a fresh process on ``threads`` threads
+    (TensorFlow's pools are sized once per process: ``movinet predict --threads``)."""
+    out = subprocess.run([sys.executable, __file__, "--stream-only", kind, "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mib(kind: str, frames: int) -> float:
     """Peak resident memory of a fresh process streaming (or running base on) ``frames`` frames.
 
@@ -302,7 +310,19 @@ def main():
                         help="with --train-only: the whole training step compiled by XLA")
     parser.add_argument("--profile", action="store_true",
                         help="with --train-only: print where a step's op time goes (tf.profiler)")
+    parser.add_argument("--stream-only", choices=("xla", "tflite"),
+                        help="only time this stream runner (prints ms a frame last)")
+    parser.add_argument("--threads", type=int, help="with --stream-only: TensorFlow's / TF Lite's threads")
     args = parser.parse_args()
+    if args.stream_only:
+        if args.threads:
+            from movinet.predict import set_threads
+
+            set_threads(args.threads)
+        seconds = (ours_runner_stream(jit_compile=True) if args.stream_only == "xla"
+                   else ours_tflite_stream(num_threads=args.threads))
+        print(seconds * 1000)
+        return
     if args.train_only:
         options = {"se_type": args.se_type} if args.se_type else {}
         print(ours_train(args.train_only, batch=args.batch, keras_optimizer=args.keras_optimizer,
@@ -333,6 +353,10 @@ def main():
         row("  KerasStreamRunner compiled by XLA", ours_runner_stream(jit_compile=True) * 1000,
             ref and ref["ms"], "ms", peak=peak, macs=macs)
         row("  TF Lite float32 export", ours_tflite_stream() * 1000, ref and ref["ms"], "ms", peak=peak, macs=macs)
+        row("  XLA runner, one thread (predict --threads 1)", stream_in_process("xla", 1), ref and ref["ms"],
+            "ms", peak=peak, macs=macs)
+        row("  TF Lite float32, one thread", stream_in_process("tflite", 1), ref and ref["ms"], "ms",
+            peak=peak, macs=macs)
     if "base" in only:
         macs = movinet.cost("a0", "base").macs
         ref = official(args.official_python, "base")

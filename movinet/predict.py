@@ -104,11 +104,31 @@ def read_labels(path: "str | os.PathLike", num_classes: int | None = None) -> li
     return names
 
 
+def set_threads(threads: int) -> None:
+    """TensorFlow's intra- and inter-op thread pools to ``threads`` threads each.
+
+    Call it before TensorFlow runs anything in the process (it raises RuntimeError after, unless
+    the pools already have that size). A batch-1 stream step is a chain of small ops: on a 2-core
+    CPU, one thread can be the faster choice (``results/benchmarks.md``) and leaves a core to decoding.
+    """
+    import tensorflow as tf
+
+    if threads < 1:
+        raise ValueError(f"threads={threads}: expected a positive number")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        raise RuntimeError(f"threads={threads}: TensorFlow already runs with "
+                           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'its default'} "
+                           "threads in this process; set them before it runs anything") from None
+
+
 def load_model(model: str, *, checkpoint: str | None = None, mode: str = "stream",
-               num_classes: int | None = None):
+               num_classes: int | None = None, num_threads: int | None = None):
     """A model from its command-line name: a ``.tflite`` file, a directory written by
     ``movinet.checkpoints.save``, or a published name / spec YAML (with an optional official
-    ``checkpoint``).
+    ``checkpoint``). ``num_threads``: a TF Lite interpreter's threads (default: its own choice).
 
     Returns:
       A TFLiteStreamRunner or a MovinetClassifier.
@@ -117,7 +137,7 @@ def load_model(model: str, *, checkpoint: str | None = None, mode: str = "stream
     if path.suffix == ".tflite":
         if checkpoint:
             raise ValueError(f"{model}: a TF Lite file holds its weights; drop --checkpoint")
-        return TFLiteStreamRunner(path)
+        return TFLiteStreamRunner(path, num_threads)
     if path.is_dir():
         if checkpoint:
             raise ValueError(f"{model}: a saved model directory holds its weights; drop --checkpoint")

@@ -1,6 +1,8 @@
 """``movinet predict``: real video files in, top-k per frame out, one-line errors for bad input."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 from cli.main import main
 from movinet import checkpoints, predict
 from tests.helpers import CODECS, RESOLUTION, TINY_SPEC, clips, random_model, write_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def motion_video(path: Path, frames: int = 16, fps: int = 10) -> Path:
     return write_video(path, (clips(1, frames=frames)[0] * 255).astype(np.uint8), fps)
@@ -105,6 +110,21 @@ def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_mo
         np.testing.assert_allclose([c["probability"] for c in got], expected.probabilities, atol=1e-5)
 
 
+def test_predict_cli_threads_sizes_tensorflows_pools(tmp_path, saved_models):
+    """`--threads 1` in a fresh process (TensorFlow's pools are fixed once it runs)."""
+    video = motion_video(tmp_path / "motion.mp4", frames=6)
+    script = ("import sys, tensorflow as tf; from cli.main import main; status = main(sys.argv[1:]); "
+              "print(status, tf.config.threading.get_intra_op_parallelism_threads(), "
+              "tf.config.threading.get_inter_op_parallelism_threads())")
+    argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, "--fps", 10,
+            "--threads", 1]
+    done = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert lines[-1] == "0 1 1" and len(lines) == 7 and lines[0].startswith("frame    0 "), lines
+
+
 def bad_video(tmp_path: Path, kind: str) -> Path:
     if kind == "missing":
         return tmp_path / "missing.mp4"
@@ -136,7 +156,8 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
     (tmp_path / "labels.txt").write_text("a\nb\n")
     (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
     cases = {"2 class names for a model with 5 classes": ["--labels", tmp_path / "labels.txt"],
-             "not a runnable TF Lite model": ["--model", tmp_path / "fake.tflite"]}
+             "not a runnable TF Lite model": ["--model", tmp_path / "fake.tflite"],
+             "--threads 0: expected a positive number": ["--threads", 0]}
     for message, extra in cases.items():
         argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, *extra]
         status, lines, errors = run_cli(capsys, *argv)
