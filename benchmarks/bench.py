@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...] [--pairs 3]
     python benchmarks/bench.py --train-only stream [--batch 2] [--se-type none] [--jit-compile] [--profile]
+    python benchmarks/bench.py --stream-only xla|tflite [--threads 1]
 
 Each figure is printed with the official figure and the ratio when the official environment
 (benchmarks/make_official_env.sh) is given, and as a fraction of this machine's float32
