@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     export.add_argument("--batch", type=int, default=1, help="SavedModel batch size (0: dynamic)")
     export.add_argument("--fps", type=float, help="frame rate to decode calibration videos at")
     export.add_argument("--out", required=True, help="SavedModel directory or .tflite file")
+    export.add_argument("--threads", type=int,
+                        help="with --check: CPU threads of TensorFlow's pools and the TF Lite interpreter")
     export.set_defaults(run=run_export)
 
     predict = subparsers.add_parser("predict", help="top-k classes of a video file, frame by frame")
@@ -52,6 +54,7 @@ def register(subparsers) -> None:
 def run_export(args) -> int:
     from movinet import export, predict
 
+    _set_threads(args.threads)
     model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
                                num_classes=args.num_classes)
     if args.format == "saved_model":
@@ -71,7 +74,7 @@ def run_export(args) -> int:
         print(f"wrote {path}")
         if args.check:
             clips = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.check]
-            runner = export.TFLiteStreamRunner(path)
+            runner = export.TFLiteStreamRunner(path, args.threads)
             result = export.top1_agreement(model, runner, clips)
             print(f"TF Lite ({args.quantize or 'float32'}) vs Keras float32 on {result['clips']} videos: top-1 "
                   f"agreement {result['agreement']:.3f}, max |logit diff| {result['max_abs_diff']:.4f}")
@@ -86,10 +89,7 @@ def run_predict(args) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: expected a positive number")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: expected a positive number")
-        predict.set_threads(args.threads)
+    _set_threads(args.threads)
     model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
                                num_classes=args.num_classes, num_threads=args.threads)
     labels = predict.read_labels(args.labels, predict.num_classes(model)) if args.labels else None
@@ -97,3 +97,14 @@ def run_predict(args) -> int:
                                             k=args.top_k, labels=labels, jit_compile=args.xla):
         print(json.dumps(prediction.to_dict()) if args.json else prediction.format(), flush=True)
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: TensorFlow's pools, sized before it runs anything (None: its default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: expected a positive number")
+    from movinet import predict
+
+    predict.set_threads(threads)

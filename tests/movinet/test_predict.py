@@ -165,3 +165,7 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
     status, _, errors = run_cli(capsys, "export", saved_models["stream"], "--quantize", "int8",
                                 "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
     assert status != 0 and len(errors) == 1 and "--calibration" in errors[0]
+    status, _, errors = run_cli(capsys, "export", saved_models["stream"], "--format", "tflite", "--threads", 0,
+                                "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
+    assert status != 0 and len(errors) == 1 and "--threads 0: expected a positive number" in errors[0]
+    assert not (tmp_path / "m.tflite").exists()
