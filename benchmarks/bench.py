@@ -317,7 +317,7 @@ def main():
     args = parser.parse_args()
     if args.stream_only:
         if args.threads:
-            from movinet.predict import set_threads
+            from movinet.threads import set_threads
 
             set_threads(args.threads)
         seconds = (ours_runner_stream(jit_compile=True) if args.stream_only == "xla"

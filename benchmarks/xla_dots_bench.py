@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     if args.threads:
-        from movinet.predict import set_threads
+        from movinet.threads import set_threads
 
         set_threads(args.threads)
     import numpy as np

@@ -105,6 +105,6 @@ def _set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise ValueError(f"--threads {threads}: expected a positive number")
-    from movinet import predict
+    from movinet.threads import set_threads
 
-    predict.set_threads(threads)
+    set_threads(threads)

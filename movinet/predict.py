@@ -23,6 +23,7 @@ from movinet import checkpoints
 from movinet.data.video import DecodeParams, VideoError as DecodeError, decode_video
 from movinet.export import TFLiteStreamRunner, running_logits
 from movinet.model import build_model
+from movinet.threads import set_threads  # noqa: F401  (movinet.predict.set_threads, as before)
 
 DEFAULT_FPS = 5.0
 
@@ -102,26 +103,6 @@ def read_labels(path: "str | os.PathLike", num_classes: int | None = None) -> li
     if num_classes is not None and len(names) != num_classes:
         raise LabelError(f"{path}: {len(names)} class names for a model with {num_classes} classes")
     return names
-
-
-def set_threads(threads: int) -> None:
-    """TensorFlow's intra- and inter-op thread pools to ``threads`` threads each.
-
-    Call it before TensorFlow runs anything in the process (it raises RuntimeError after, unless
-    the pools already have that size). A batch-1 stream step is a chain of small ops: on a 2-core
-    CPU, one thread can be the faster choice (``results/benchmarks.md``) and leaves a core to decoding.
-    """
-    import tensorflow as tf
-
-    if threads < 1:
-        raise ValueError(f"threads={threads}: expected a positive number")
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        raise RuntimeError(f"threads={threads}: TensorFlow already runs with "
-                           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'its default'} "
-                           "threads in this process; set them before it runs anything") from None
 
 
 def load_model(model: str, *, checkpoint: str | None = None, mode: str = "stream",

@@ -56,13 +56,11 @@ def run_trial(trial_fn: TrialFn, candidate: Candidate, space: SearchSpace, repor
 
 def hold_threads(cpus: float) -> None:
     """Holds TensorFlow to the trial's CPUs; call before TensorFlow runs anything in the process."""
-    import tensorflow as tf
+    from movinet.threads import set_threads
 
-    threads = max(1, int(cpus))
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:   # the runtime already started in this process; keep its pools
+        set_threads(max(1, int(cpus)))
+    except RuntimeError:   # the runtime already started in this process (Ray reuses it); keep its pools
         pass
 
 

@@ -219,6 +219,26 @@ def test_trial_processes_load_keras_without_what_trials_never_use():
         assert done.stdout.strip().split("\n")[-1] == printed, done.stdout
 
 
+HOLD_THREADS = textwrap.dedent("""
+    import sys
+    from search.trial import hold_threads
+    hold_threads(1.5)   # a trial's CPUs, as the space's settings give them
+    import tensorflow as tf
+    (tf.constant(1.0) + 1.0).numpy()
+    hold_threads(2)     # Ray reuses the process: the started runtime keeps its pools, no error
+    print(tf.config.threading.get_intra_op_parallelism_threads(),
+          tf.config.threading.get_inter_op_parallelism_threads(), "movinet.model" in sys.modules)
+""")
+
+
+def test_hold_threads_sizes_a_trials_pools_and_keeps_a_started_runtimes():
+    """A trial process sizes TensorFlow's pools to its CPUs (through ``movinet.threads``, without
+    loading the model code); a second trial in the same process keeps them."""
+    done = subprocess.run([sys.executable, "-c", HOLD_THREADS], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().split("\n")[-1] == "1 1 False", done.stdout
+
+
 def test_the_drivers_tensorflow_switch_reaches_trials_on_a_cluster(ray_cluster, tmp_path):
     """Cluster workers do not inherit the driver's environment: the switch goes in the job's."""
     markers = tmp_path / "markers"
