@@ -360,13 +360,15 @@ class TFLiteStreamRunner:
         return outputs["logits"].reshape(-1)
 
 
-def running_logits(model, frames, jit_compile: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+def running_logits(model, frames, jit_compile: bool = False, stages: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """(index of the last frame used, logits [classes]) as ``model`` sees more of ``frames``.
 
     Args:
       model: a MovinetClassifier or a TFLiteStreamRunner.
       frames: float32 [T, H, W, 3] in [0, 1].
       jit_compile: a Keras stream model steps through an XLA-compiled ``KerasStreamRunner``.
+      stages: more than 1: a Keras stream model runs as that many consecutive stages on their
+        own threads (``movinet.pipeline.PipelinedStreamRunner``; the same logits, more frames a second).
     Yields:
       stream models: after every frame, states carried from zero. A Keras base model: once,
       for the whole clip. A TF Lite base model takes clips of a fixed length: after each
@@ -385,6 +387,15 @@ def running_logits(model, frames, jit_compile: bool = False) -> Iterator[tuple[i
         return
     if not isinstance(model, TFLiteStreamRunner) and model.mode == "base":
         yield len(frames) - 1, model(frames[None], training=False).numpy()[0]
+        return
+    if stages > 1:
+        if isinstance(model, TFLiteStreamRunner):
+            raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
+                              "a TF Lite model runs whole")
+        from movinet.pipeline import PipelinedStreamRunner
+
+        pipeline = PipelinedStreamRunner(model, frames.shape[1:3], stages=stages, jit_compile=jit_compile)
+        yield from enumerate(pipeline.run(frames))
         return
     runner = (model if isinstance(model, TFLiteStreamRunner)
               else KerasStreamRunner(model, frames.shape[1:3], jit_compile=jit_compile))

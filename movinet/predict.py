@@ -167,7 +167,8 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def predict_video(path: "str | os.PathLike", model, *, resolution: int | None = None,
                   fps: float | None = None, k: int = 5,
-                  labels: Sequence[str] | None = None, jit_compile: bool = False) -> Iterator[Prediction]:
+                  labels: Sequence[str] | None = None, jit_compile: bool = False,
+                  stages: int = 1) -> Iterator[Prediction]:
     """Top-``k`` predictions of ``model`` as it streams through the video at ``path``.
 
     Args:
@@ -175,12 +176,14 @@ def predict_video(path: "str | os.PathLike", model, *, resolution: int | None = 
       resolution, fps: the model's input (see ``model_input``).
       labels: class names, one per class.
       jit_compile: step a Keras stream model compiled by XLA (see ``export.KerasStreamRunner``).
+      stages: run a Keras stream model as a pipeline of that many stages on their own threads
+        (``movinet.pipeline``).
     """
     if labels is not None and len(labels) != num_classes(model):
         raise LabelError(f"{len(labels)} class names for a model with {num_classes(model)} classes")
     resolution, fps = model_input(model, resolution, fps)
     frames = read_video(path, resolution=resolution, fps=fps)
-    for index, logits in running_logits(model, frames, jit_compile=jit_compile):
+    for index, logits in running_logits(model, frames, jit_compile=jit_compile, stages=stages):
         classes, probabilities = top_k(logits, k)
         yield Prediction(index, index / fps, tuple(int(c) for c in classes),
                          tuple(float(p) for p in probabilities),

@@ -90,6 +90,19 @@ def test_predict_cli_prints_labels_per_frame(tmp_path, capsys, saved_models):
     assert lines[0].startswith("frame    0 (  0.00 s): class_") and lines[0].count("class_") == 2
 
 
+def test_predict_cli_pipeline_prints_the_predictions_of_the_whole_model(tmp_path, capsys, saved_models):
+    video = motion_video(tmp_path / "motion.mp4", frames=6)
+    argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, "--fps", 10, "--json"]
+    status, whole, _ = run_cli(capsys, *argv)
+    status_piped, piped, _ = run_cli(capsys, *argv, "--pipeline", 2)
+    assert status == status_piped == 0 and len(piped) == len(whole) == 6
+    for line, expected in zip(piped, whole):
+        got, want = json.loads(line), json.loads(expected)
+        assert got["frame"] == want["frame"] and [c["class"] for c in got["top_k"]] == [c["class"] for c in want["top_k"]]
+        np.testing.assert_allclose([c["probability"] for c in got["top_k"]],
+                                   [c["probability"] for c in want["top_k"]], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_models):
     tflite = tmp_path / "tiny.tflite"
@@ -101,6 +114,8 @@ def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_mo
     assert lines[2].startswith("per frame: Keras ") and lines[2].endswith(" ms")
     status, lines, _ = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--json")
     assert status == 0 and len(lines) == 8
+    status, _, errors = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--pipeline", 2)
+    assert status != 0 and len(errors) == 1 and "a TF Lite model runs whole" in errors[0]
 
     model = checkpoints.load_model(saved_models["stream"])
     keras = list(predict.predict_video(video, model, resolution=RESOLUTION, fps=5, k=5))
@@ -157,7 +172,8 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
     (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
     cases = {"2 class names for a model with 5 classes": ["--labels", tmp_path / "labels.txt"],
              "not a runnable TF Lite model": ["--model", tmp_path / "fake.tflite"],
-             "--threads 0: expected a positive number": ["--threads", 0]}
+             "--threads 0: expected a positive number": ["--threads", 0],
+             "--pipeline 0: expected a positive number of stages": ["--pipeline", 0]}
     for message, extra in cases.items():
         argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, *extra]
         status, lines, errors = run_cli(capsys, *argv)
