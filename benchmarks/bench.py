@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...] [--pairs 3]
     python benchmarks/bench.py --train-only stream [--batch 2] [--se-type none] [--jit-compile] [--profile]
-    python benchmarks/bench.py --stream-only xla|tflite [--threads 1]
+    python benchmarks/bench.py --stream-only xla|tflite|pipeline [--threads 1]
 
 Each figure is printed with the official figure and the ratio when the official environment
 (benchmarks/make_official_env.sh) is given, and as a fraction of this machine's float32
@@ -78,6 +78,26 @@ def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: boo
     runner = export.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution, jit_compile=jit_compile)
     frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
     return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
+
+
+def ours_pipelined_stream(resolution: int = 172, frames: int = 60, stages: int = 2) -> float:
+    """Seconds between frames of movinet.pipeline.PipelinedStreamRunner (`movinet predict --xla
+    --pipeline 2`): XLA-compiled stages on their own threads over a run of ``frames`` frames; prints
+    each stage's time alone, the balance its split gives."""
+    import numpy as np
+
+    import movinet
+    from movinet.pipeline import PipelinedStreamRunner
+
+    runner = PipelinedStreamRunner(movinet.build_model("a0", "stream"), resolution, stages=stages, jit_compile=True)
+    clip = np.random.default_rng(0).random((frames, resolution, resolution, 3), dtype=np.float32)
+    x = runner._image(clip[0])
+    for stage in runner.stages:
+        ms = timed(lambda: stage.step(x).numpy(), repeats=frames, warmup=5) * 1000
+        print(f"stage {stage.units[0]}..{stage.units[-1]}: {ms:.2f} ms alone")
+        x = stage.step(x)
+    runs = [timed(lambda: list(runner.run(clip)), repeats=1, warmup=1 if i == 0 else 0) / frames for i in range(5)]
+    return statistics.median(runs)
 
 
 def ours_tflite_stream(resolution: int = 172, frames: int = 100, num_threads: int | None = None) -> float:
@@ -214,7 +234,10 @@ def stream_in_process(kind: str, threads: int) -> float:
     (TensorFlow's pools are sized once per process: ``movinet predict --threads``)."""
     out = subprocess.run([sys.executable, __file__, "--stream-only", kind, "--threads", str(threads)],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    *notes, last = out.stdout.strip().splitlines()
+    for note in notes:   # the pipeline's stage times
+        print(f"    {note}")
+    return float(last)
 
 
 def peak_rss_mib(kind: str, frames: int) -> float:
@@ -311,7 +334,7 @@ def main():
                         help="with --train-only: the whole training step compiled by XLA")
     parser.add_argument("--profile", action="store_true",
                         help="with --train-only: print where a step's op time goes (tf.profiler)")
-    parser.add_argument("--stream-only", choices=("xla", "tflite"),
+    parser.add_argument("--stream-only", choices=("xla", "tflite", "pipeline"),
                         help="only time this stream runner (prints ms a frame last)")
     parser.add_argument("--threads", type=int, help="with --stream-only: TensorFlow's / TF Lite's threads")
     args = parser.parse_args()
@@ -320,8 +343,8 @@ def main():
             from movinet.threads import set_threads
 
             set_threads(args.threads)
-        seconds = (ours_runner_stream(jit_compile=True) if args.stream_only == "xla"
-                   else ours_tflite_stream(num_threads=args.threads))
+        seconds = {"xla": lambda: ours_runner_stream(jit_compile=True), "pipeline": ours_pipelined_stream,
+                   "tflite": lambda: ours_tflite_stream(num_threads=args.threads)}[args.stream_only]()
         print(seconds * 1000)
         return
     if args.train_only:
@@ -358,6 +381,8 @@ def main():
             "ms", peak=peak, macs=macs)
         row("  TF Lite float32, one thread", stream_in_process("tflite", 1), ref and ref["ms"], "ms",
             peak=peak, macs=macs)
+        row("  XLA, 2 pipeline stages (--pipeline 2)", stream_in_process("pipeline", 1),
+            ref and ref["ms"], "ms", peak=peak, macs=macs)
     if "base" in only:
         macs = movinet.cost("a0", "base").macs
         ref = official(args.official_python, "base")
