@@ -101,8 +101,9 @@ class _Stage:
     def _layer(self, name: str):
         return next(block for block in self.model.blocks if block.name == name)
 
-    def _advance(self, x):
-        own = _states_by_owner({name: state.read_value() for name, state in self.states.items()})
+    def apply(self, x, states: dict):
+        """(this stage's output, its new states) for input ``x`` and its ``states`` by name."""
+        own = _states_by_owner(states)
         new_states = {}
         for unit in self.units:
             if unit == "stem":
@@ -115,6 +116,10 @@ class _Stage:
                 layer = self._layer(unit)
                 x, layer_states = layer(x, own.get(layer.state_prefix, {}), training=False)
                 new_states.update(layer_states)
+        return x, new_states
+
+    def _advance(self, x):
+        x, new_states = self.apply(x, {name: state.read_value() for name, state in self.states.items()})
         for name, value in new_states.items():
             self.states[name].assign(value)
         return x
