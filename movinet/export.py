@@ -376,6 +376,10 @@ def running_logits(model, frames, jit_compile: bool = False, stages: int = 1) ->
       window logits so far.
     """
     frames = np.asarray(frames, np.float32)
+    if stages > 1 and (isinstance(model, TFLiteStreamRunner) or model.mode != "stream"):
+        raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
+                          + ("a TF Lite model runs whole" if isinstance(model, TFLiteStreamRunner)
+                             else "a base model takes the clip at once"))
     if isinstance(model, TFLiteStreamRunner) and not model.streaming:
         window = model.image_shape[1]
         total = 0.0
@@ -389,9 +393,6 @@ def running_logits(model, frames, jit_compile: bool = False, stages: int = 1) ->
         yield len(frames) - 1, model(frames[None], training=False).numpy()[0]
         return
     if stages > 1:
-        if isinstance(model, TFLiteStreamRunner):
-            raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
-                              "a TF Lite model runs whole")
         from movinet.pipeline import PipelinedStreamRunner
 
         pipeline = PipelinedStreamRunner(model, frames.shape[1:3], stages=stages, jit_compile=jit_compile)

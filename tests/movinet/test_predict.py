@@ -173,7 +173,8 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
     cases = {"2 class names for a model with 5 classes": ["--labels", tmp_path / "labels.txt"],
              "not a runnable TF Lite model": ["--model", tmp_path / "fake.tflite"],
              "--threads 0: expected a positive number": ["--threads", 0],
-             "--pipeline 0: expected a positive number of stages": ["--pipeline", 0]}
+             "--pipeline 0: expected a positive number of stages": ["--pipeline", 0],
+             "a base model takes the clip at once": ["--model", saved_models["base"], "--pipeline", 2]}
     for message, extra in cases.items():
         argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, *extra]
         status, lines, errors = run_cli(capsys, *argv)
