@@ -23,7 +23,6 @@ from movinet import checkpoints
 from movinet.data.video import DecodeParams, VideoError as DecodeError, decode_video
 from movinet.export import TFLiteStreamRunner, running_logits
 from movinet.model import build_model
-from movinet.threads import set_threads  # noqa: F401  (movinet.predict.set_threads, as before)
 
 DEFAULT_FPS = 5.0
 
