@@ -50,7 +50,7 @@ def search_members(which: "str | Sequence[str]" = "all", *, family: "Family | st
 def _search_on_ray(spaces, address, num_cpus, echo, kwargs) -> dict[str, SearchResult]:
     import ray
 
-    from search.ray_backend import connect
+    from search.ray_backend import connect, shutdown
 
     started = connect(address, num_cpus)
     try:
@@ -61,7 +61,7 @@ def _search_on_ray(spaces, address, num_cpus, echo, kwargs) -> dict[str, SearchR
         return {name: ray.get(ref) for name, ref in pending.items()}
     finally:
         if started:
-            ray.shutdown()
+            shutdown()
 
 
 def _run_member(space, kwargs) -> SearchResult:

@@ -59,6 +59,22 @@ def runtime_env() -> dict:
 _stopping: threading.Thread | None = None
 
 
+def shutdown() -> None:
+    """``ray.shutdown()``, the autoscaler's monitor of a local Ray stopped first.
+
+    ``ray.shutdown`` stops the GCS before the monitor (Ray 2.60), and the monitor's SIGTERM handler
+    then reports its own end to the GCS that is gone, until Ray kills it a second later: a fixed
+    second of every local search. A search's local Ray has nothing to scale, so the monitor is
+    killed first. A driver joined to a cluster started none of its processes: there this does
+    nothing more than ``ray.shutdown()``.
+    """
+    node = getattr(ray._private.worker, "_global_node", None)   # absent in other Ray versions: plain shutdown
+    kill_monitor = getattr(node, "kill_monitor", None)
+    if kill_monitor is not None:
+        kill_monitor(check_alive=False)
+    ray.shutdown()
+
+
 def wait_stopped() -> float:
     """Waits until the Ray that ``run`` started has shut down; returns the seconds waited here."""
     global _stopping
@@ -248,6 +264,6 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
             logger.setLevel(level)
         timings["trials"] = time.monotonic() - began - timings["ray_start"]
         if started:
-            _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            _stopping = threading.Thread(target=shutdown, name="ray-shutdown")
             _stopping.start()
     return timings

@@ -257,20 +257,30 @@ def test_the_drivers_tensorflow_switch_reaches_trials_on_a_cluster(ray_cluster, 
 
 LOCAL_DRIVER = textwrap.dedent("""
     import sys, threading, ray
+    import psutil   # Ray's own copy, on the path once ray is imported
     sys.path.insert(0, {here!r})
     import fakes
     from ray import cloudpickle
     cloudpickle.register_pickle_by_value(fakes)
     from search import run_search
+    left = {{}}
+    stop = ray.shutdown
+    def shutdown():   # which of Ray's processes are still there when ray.shutdown begins
+        left.update(ray._private.worker._global_node.all_processes)
+        stop()
+    ray.shutdown = shutdown
     result = run_search({space!r}, output_dir={out!r}, num_cpus=1, trial_fn=fakes.quick_trial, echo=lambda l: None)
-    print(len(result.rows), list(result.timings), ray.is_initialized(),
+    print(len(result.rows), list(result.timings), "monitor" in left, "gcs_server" in left,
+          len(psutil.Process().children(recursive=True)), ray.is_initialized(),
           any(t.name == "ray-shutdown" for t in threading.enumerate()))
 """)
 
 
 def test_a_search_starts_its_own_local_ray_and_has_stopped_it_when_it_returns(tmp_path):
     """Without an address the search starts a Ray of its own, even where RAY_ADDRESS names another
-    one; Ray shuts down while the results are written, and is gone when run_search returns."""
+    one; Ray shuts down while the results are written, and is gone when run_search returns, none of
+    its processes left. The autoscaler's monitor is stopped before ``ray.shutdown`` stops the GCS:
+    in the other order it waits on the GCS until it is killed a second later."""
     path = space_file(tmp_path, search={"num_trials": 2})
     script = LOCAL_DRIVER.format(here=str(HERE), space=str(path), out=str(tmp_path / "out"))
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}   # nothing listens there
@@ -278,7 +288,7 @@ def test_a_search_starts_its_own_local_ray_and_has_stopped_it_when_it_returns(tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[0] == "2", done.stdout   # both trials ran
     assert "['prepare', 'ray_start', 'trials', 'results', 'ray_stop']" in done.stdout
-    assert done.stdout.split()[-2:] == ["False", "False"], done.stdout
+    assert done.stdout.split()[-5:] == ["False", "True", "0", "False", "False"], done.stdout
 
 
 REAL_DRIVER = textwrap.dedent("""
