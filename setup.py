@@ -13,6 +13,10 @@ setup(
     install_requires=[
         "tensorflow-cpu>=2.20; platform_machine=='x86_64' or platform_machine=='aarch64'",
         "keras>=3.10",
+        # ml_dtypes 0.7.0 (the newest as of 2026-12) takes 0.53 s to import on a 2-core host, 0.6.0
+        # 8 ms (its extension registers its ufunc loops one by one): a fifth of every TensorFlow
+        # import here, paid by each command, test process and search trial. TensorFlow takes >=0.5.1.
+        "ml_dtypes>=0.5.1,<0.7",
         "numpy",
         "pyyaml",
         "pandas",
