@@ -1,6 +1,8 @@
 """A tiny real search in the scaled A0 space: search's runner and trainer, the family's space and target."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -44,3 +46,36 @@ def test_a_real_search_in_the_a0_space_trains_candidates_within_5_percent_of_the
     assert [row["status"] for row in result.rows] == ["ok"]
     assert all(abs(row["macs"] / target - 1) <= 0.05 for row in result.rows)
     assert result.best is not None and result.best.exists()
+
+
+PARALLEL_DRIVER = """
+import time, ray
+from family.run import search_members
+
+def trial_fn(candidate, space, report):   # a stand-in trial: two seconds, one epoch
+    time.sleep(2.0)
+    return {{"top1": 0.5, "epoch": 1}}
+
+results = search_members("all", family={family!r}, parallel=True, output_dir={out!r}, num_cpus=2,
+                         trial_fn=trial_fn, echo=lambda line: None)
+spans = {{name: [(row["started_at"], row["started_at"] + row["seconds"]) for row in result.rows]
+          for name, result in results.items()}}
+(a0,), (a1,) = spans["a0"], spans["a1"]
+print(sorted((name, result.folder.name, [row["status"] for row in result.rows]) for name, result in results.items()),
+      a0[0] < a1[1] and a1[0] < a0[1], ray.is_initialized())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")   # starts a local Ray: not beside the search tests' cluster
+def test_parallel_member_searches_run_at_once_on_one_local_ray(tiny_budget_family, tmp_path):
+    """`movinet family search all --parallel`: each member's search in a Ray task of its own on one
+    local Ray, their trials at the same time, each member's results in its folder; Ray is gone after."""
+    family = yaml.safe_load(tiny_budget_family.read_text())
+    family["members"]["a1"] = yaml.safe_load(default_family_path().read_text())["members"]["a1"]
+    tiny_budget_family.write_text(yaml.safe_dump(family))
+    script = PARALLEL_DRIVER.format(family=str(tiny_budget_family), out=str(tmp_path / "out"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == \
+        "[('a0', 'movinet_a0', ['ok']), ('a1', 'movinet_a1', ['ok'])] True False", done.stdout
