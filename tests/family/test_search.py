@@ -58,9 +58,8 @@ def trial_fn(candidate, space, report):   # a stand-in trial: two seconds, one e
 
 results = search_members("all", family={family!r}, parallel=True, output_dir={out!r}, num_cpus=2,
                          trial_fn=trial_fn, echo=lambda line: None)
-spans = {{name: [(row["started_at"], row["started_at"] + row["seconds"]) for row in result.rows]
-          for name, result in results.items()}}
-(a0,), (a1,) = spans["a0"], spans["a1"]
+(a0,), (a1,) = ([(row["started_at"], row["started_at"] + row["seconds"]) for row in results[name].rows]
+                 for name in ("a0", "a1"))
 print(sorted((name, result.folder.name, [row["status"] for row in result.rows]) for name, result in results.items()),
       a0[0] < a1[1] and a1[0] < a0[1], ray.is_initialized())
 """
