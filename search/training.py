@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -53,6 +54,15 @@ def _unused_modules_kept_out():
                 del sys.modules[name]
 
 
+def _freeze_imports() -> None:
+    """In a process that only runs trials, the first time: the objects alive once TensorFlow, Keras
+    and Ray are loaded (~390k, as long-lived as the process) leave the cyclic garbage collector's
+    scans (``gc.freeze``). Keras's ``clear_session`` before each trial runs a full collection, which
+    scanned them all: 0.15-0.35 s of every trial on a 2-core host, ~0.05 s once they are frozen."""
+    if os.environ.get(TRIAL_PROCESS) == "1" and gc.get_freeze_count() == 0:
+        gc.freeze()
+
+
 def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) -> dict:
     """The trial contract with the real trainer (see ``search.trial``).
 
@@ -71,6 +81,7 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
 
         from movinet.train import train_candidate
 
+    _freeze_imports()
     keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
     timing = {"import_seconds": time.monotonic() - began, "probe_seconds": 0.0, "fit_seconds": 0.0}
     latency = {}

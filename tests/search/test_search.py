@@ -219,6 +219,31 @@ def test_trial_processes_load_keras_without_what_trials_never_use():
         assert done.stdout.strip().split("\n")[-1] == printed, done.stdout
 
 
+FREEZE_IMPORTS = textwrap.dedent("""
+    import gc
+    import keras
+    from search.training import _freeze_imports
+    _freeze_imports()
+    frozen = gc.get_freeze_count()
+    later = [[] for _ in range(1000)]   # a trial's objects: the second call leaves them to the collector
+    _freeze_imports()
+    print(frozen, gc.get_freeze_count() == frozen)
+""")
+
+
+def test_a_trial_process_freezes_what_its_imports_made_once():
+    """In a trial process, the objects the imports made leave the garbage collector's scans once
+    (Keras's clear_session before each trial scanned them all); elsewhere nothing is frozen."""
+    from search.trial import TRIAL_PROCESS
+
+    for marked in ("1", "0"):
+        done = subprocess.run([sys.executable, "-c", FREEZE_IMPORTS], env={**os.environ, TRIAL_PROCESS: marked},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        frozen, once = done.stdout.split()[-2:]
+        assert once == "True" and (int(frozen) > 100_000 if marked == "1" else int(frozen) == 0), done.stdout
+
+
 HOLD_THREADS = textwrap.dedent("""
     import sys
     from search.trial import hold_threads
