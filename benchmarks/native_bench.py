@@ -43,7 +43,7 @@ def main() -> None:
     import tensorflow as tf
 
     from movinet import native
-    from movinet.layers import same_padding
+    from movinet.ops import same_padding
 
     if not native.enabled():
         raise SystemExit("the native kernels are not available here (see the warning above)")

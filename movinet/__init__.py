@@ -16,7 +16,7 @@ from movinet.spec import (ModelSpec, SpecError, dump_spec, load_spec, named_spec
                           save_spec, spec_from_yaml)
 
 _LAZY = {"MovinetClassifier": "movinet.model", "StateError": "movinet.model", "build_model": "movinet.model",
-         "fold_batch_norm": "movinet.model", "FoldedError": "movinet.layers"}
+         "fold_batch_norm": "movinet.model", "FoldedError": "movinet.folding"}
 
 
 def __getattr__(name):

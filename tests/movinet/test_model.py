@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import movinet
-from movinet.layers import (BatchNorm, ConvNorm, FeatureConv, depthwise_as_taps, depthwise_conv2d, hard_swish,
-                            training_hard_swish, worth_fusing)
+from movinet.layers import BatchNorm, ConvNorm, FeatureConv
+from movinet.ops import depthwise_as_taps, depthwise_conv2d, hard_swish, training_hard_swish, worth_fusing
 from movinet.model import StateError
 from tests.helpers import FIXTURES, randomize_weights
 
@@ -249,8 +249,9 @@ def test_training_uses_the_fused_hard_swish_on_large_activations_only(monkeypatc
     model = movinet.build_model("a0", "stream", num_classes=3)
     clip = tf.random.uniform([1, 4, 128, 128, 3])
     sizes = []
-    monkeypatch.setattr(movinet.layers, "worth_fusing",
-                        lambda x: sizes.append(np.prod(x.shape)) or worth_fusing(x))
+    counting = lambda x: sizes.append(np.prod(x.shape)) or worth_fusing(x)  # noqa: E731
+    monkeypatch.setattr(movinet.ops, "worth_fusing", counting)      # activations
+    monkeypatch.setattr(movinet.layers, "worth_fusing", counting)   # batch norm with hard_swish
     called = {}
     for training in (True, False):
         graph = tf.function(lambda x: model(x, training=training)).get_concrete_function(clip).graph
@@ -273,7 +274,7 @@ def test_batch_norm_fused_with_hard_swish_trains_like_the_two_layers(shape, nati
     gradients of input, gamma and beta, and the moving statistics of keras BatchNormalization
     followed by hard_swish."""
     monkeypatch.setenv("MOVINET_NATIVE", native_kernels)
-    monkeypatch.setattr(movinet.layers, "FUSE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(movinet.ops, "FUSE_MIN_ELEMENTS", 1)
     rng = np.random.default_rng(5)
     x = tf.constant(rng.normal(1.0, 3.0, shape).astype(np.float32))
     weights = tf.constant(rng.normal(size=shape).astype(np.float32))

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import movinet
 from movinet import native
-from movinet.layers import _batch_norm_hard_swish, _xla_batch_norm_hard_swish, depthwise_conv2d, same_padding
+from movinet.ops import batch_norm_hard_swish, depthwise_conv2d, same_padding, xla_batch_norm_hard_swish
 
 EPSILON = 1e-3
 
@@ -65,7 +65,7 @@ def test_native_batch_norm_hard_swish_is_exact_to_float_epsilon(rows, channels, 
 
 def test_native_and_xla_paths_agree_and_training_uses_the_native_one():
     args = inputs(4096, 40, seed=1)
-    for a, b in zip(run(native.batch_norm_hard_swish, *args), run(_xla_batch_norm_hard_swish, *args)):
+    for a, b in zip(run(native.batch_norm_hard_swish, *args), run(xla_batch_norm_hard_swish, *args)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
     model = movinet.build_model("a0", "stream", num_classes=3)
     clip = tf.random.uniform([1, 4, 128, 128, 3])
@@ -145,7 +145,7 @@ def test_disabled_by_environment_falls_back_to_tf(monkeypatch):
     monkeypatch.setenv("MOVINET_NATIVE", "0")
     assert not native.enabled()
     args = inputs(300, 5, seed=2)
-    graph = tf.function(lambda *a: _batch_norm_hard_swish(*a, EPSILON)).get_concrete_function(*args[:3]).graph
+    graph = tf.function(lambda *a: batch_norm_hard_swish(*a, EPSILON)).get_concrete_function(*args[:3]).graph
     types = {op.type for op in graph.get_operations()}
     assert "MovinetBnHardSwish" not in types and "FusedBatchNormV3" in types
 
@@ -162,7 +162,7 @@ def test_a_broken_compiler_warns_with_its_error_and_training_falls_back(tmp_path
         native.library()
     assert not native.enabled()   # warned once, still off
     args = inputs(300, 5, seed=3)
-    errors = relative_errors(run(_batch_norm_hard_swish, *args), reference(*args))
+    errors = relative_errors(run(batch_norm_hard_swish, *args), reference(*args))
     assert max(errors) < 1e-4, errors
     assert not list((tmp_path / "cache").glob("*.so*"))   # no half-written library left behind
 
