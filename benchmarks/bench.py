@@ -68,14 +68,14 @@ def ours_stream(resolution: int = 172, frames: int = 60) -> float:
 
 
 def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: bool = False) -> float:
-    """movinet.export.KerasStreamRunner (what `movinet predict` steps): BN folded, states in variables;
+    """movinet.runners.KerasStreamRunner (what `movinet predict` steps): BN folded, states in variables;
     with ``jit_compile`` the step is one XLA executable (`movinet predict --xla`)."""
     import numpy as np
 
     import movinet
-    from movinet import export
+    from movinet import runners
 
-    runner = export.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution, jit_compile=jit_compile)
+    runner = runners.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution, jit_compile=jit_compile)
     frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
     return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
@@ -106,30 +106,30 @@ def ours_tflite_stream(resolution: int = 172, frames: int = 100, num_threads: in
     import numpy as np
 
     import movinet
-    from movinet import export
+    from movinet import export, runners
 
     model = movinet.build_model("a0", "stream")
     with tempfile.TemporaryDirectory() as folder:
         path = export.export_tflite(model, Path(folder) / "a0.tflite", resolution=resolution)
-        runner = export.TFLiteStreamRunner(path, num_threads=num_threads or os.cpu_count())
+        runner = runners.TFLiteStreamRunner(path, num_threads=num_threads or os.cpu_count())
         frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
         return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
 
 def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit_compile: bool = False) -> float:
     """The base model on one clip through tf.function; ``folded``: its fold_batch_norm copy;
-    ``jit_compile``: that copy through ``movinet.export.xla_function``."""
+    ``jit_compile``: that copy through ``movinet.runners.xla_function``."""
     import tensorflow as tf
 
     import movinet
-    from movinet import export
+    from movinet import runners
 
     model = movinet.build_model("a0", "base")
     if folded or jit_compile:
         model = movinet.fold_batch_norm(model)
     clip = tf.random.uniform([1, frames, resolution, resolution, 3])
     infer = lambda x: model(x, training=False)  # noqa: E731
-    forward = export.xla_function(infer, clip) if jit_compile else tf.function(infer).get_concrete_function(clip)
+    forward = runners.xla_function(infer, clip) if jit_compile else tf.function(infer).get_concrete_function(clip)
     return timed(lambda: forward(clip).numpy(), repeats=3, warmup=1)
 
 

@@ -3,7 +3,7 @@
     python benchmarks/pipeline_bench.py [--model a0] [--resolution 172] [--stages 2] [--threads 1]
                                         [--pairs 6] [--frames 60] [--no-xla]
 
-Builds ``movinet.export.KerasStreamRunner`` (one step a frame, `movinet predict`) and
+Builds ``movinet.runners.KerasStreamRunner`` (one step a frame, `movinet predict`) and
 ``movinet.pipeline.PipelinedStreamRunner`` (`movinet predict --pipeline N`) on the same randomly
 initialised model, checks that they give the same logits, then times runs of ``--frames`` frames,
 alternating the two ``--pairs`` times so that a noisy host's slow phases hit both. Prints each
@@ -35,13 +35,13 @@ def main():
     import numpy as np
 
     import movinet
-    from movinet import export
+    from movinet import runners
     from movinet.pipeline import PipelinedStreamRunner
 
     xla = not args.no_xla
     model = movinet.build_model(args.model, "stream")
     began = time.perf_counter()
-    whole = export.KerasStreamRunner(model, args.resolution, jit_compile=xla)
+    whole = runners.KerasStreamRunner(model, args.resolution, jit_compile=xla)
     pipeline = PipelinedStreamRunner(model, args.resolution, stages=args.stages, jit_compile=xla)
     clip = np.random.default_rng(0).random((args.frames, args.resolution, args.resolution, 3), dtype=np.float32)
 

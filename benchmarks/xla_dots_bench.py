@@ -2,7 +2,7 @@
 
     python benchmarks/xla_dots_bench.py [--threads 1] [--repeats 30]
 
-Collects every MatMul of the one-frame step that ``movinet.export.KerasStreamRunner`` traces (the
+Collects every MatMul of the one-frame step that ``movinet.runners.KerasStreamRunner`` traces (the
 1x1 convolutions and the classifier head, with their static shapes), then times the same products,
 each with its own weights, as one XLA executable and as NumPy matmuls. The ratio says how much of
 the XLA runner's time a frame (``bench.py --only stream``) its dots take, and what a faster matrix
@@ -19,9 +19,9 @@ import time
 def step_matmul_shapes() -> list[tuple[int, int, int]]:
     """(m, k, n) of every MatMul in the A0 stream runner's traced step (plain TF graph)."""
     import movinet
-    from movinet import export
+    from movinet import runners
 
-    runner = export.KerasStreamRunner(movinet.build_model("a0", "stream"), 172)
+    runner = runners.KerasStreamRunner(movinet.build_model("a0", "stream"), 172)
     shapes = []
     for op in runner._step.graph.get_operations():
         if op.type == "MatMul":

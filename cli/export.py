@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from movinet import export, predict
+    from movinet import export, predict, runners
 
     _set_threads(args.threads)
     model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
@@ -78,12 +78,12 @@ def run_export(args) -> int:
         print(f"wrote {path}")
         if args.check:
             clips = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.check]
-            runner = export.TFLiteStreamRunner(path, args.threads)
+            runner = runners.TFLiteStreamRunner(path, args.threads)
             result = export.top1_agreement(model, runner, clips)
             print(f"TF Lite ({args.quantize or 'float32'}) vs Keras float32 on {result['clips']} videos: top-1 "
                   f"agreement {result['agreement']:.3f}, max |logit diff| {result['max_abs_diff']:.4f}")
             if model.mode == "stream":
-                keras_ms, tflite_ms = (1000 * export.seconds_per_frame(m, clips[0]) for m in (model, runner))
+                keras_ms, tflite_ms = (1000 * runners.seconds_per_frame(m, clips[0]) for m in (model, runner))
                 print(f"per frame: Keras {keras_ms:.1f} ms, TF Lite {tflite_ms:.1f} ms")
     return 0
 

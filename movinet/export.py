@@ -1,23 +1,22 @@
-"""Export a MoViNet as a SavedModel or a TF Lite (LiteRT) flatbuffer, and run the latter.
+"""Export a MoViNet as a SavedModel or a TF Lite (LiteRT) flatbuffer.
 
-Both formats follow the official export (reference section 4): a stream model takes every
-state plus ``image`` by name and returns ``logits`` plus every new state by name; a base model
-takes ``image`` and returns ``logits``. The SavedModel holds only variables and traced
-TensorFlow graphs, so it reloads with ``tf.saved_model.load`` where this package is not
-installed.
+Both formats follow the official export's signatures: a stream model takes every state plus
+``image`` by name and returns ``logits`` plus every new state by name; a base model takes
+``image`` and returns ``logits``. The SavedModel holds only variables and traced TensorFlow
+graphs, so it reloads with ``tf.saved_model.load`` where this package is not installed.
 
 TF Lite models use builtin ops only: an op without a builtin kernel fails the conversion
-instead of shipping a Flex op the LiteRT runtime cannot run (pitfalls.md). A stream model is
-exported for one frame of one video per call; int8 post-training quantization is calibrated on
-the inputs the model really sees while streaming (frames with their carried states), as the
-official ``quantize_movinet.py`` does. The pool states are running means, so they stay bounded
-over long videos and survive one scale per tensor.
+instead of shipping a Flex op, which the LiteRT runtime cannot run without the TF Select
+library. A stream model is exported for one frame of one video per call; int8 post-training
+quantization is calibrated on the inputs the model really sees while streaming (frames with
+their carried states), as the official ``quantize_movinet.py`` does. The pool states are
+running means, so they stay bounded over long videos and survive one scale per tensor.
+``movinet.runners`` runs the exports (``TFLiteStreamRunner``).
 """
 
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,33 +24,15 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from movinet import native
 from movinet.cost import state_shapes
-from movinet.layers import depthwise_as_taps
-from movinet.model import fold_batch_norm
+from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
 QUANTIZATIONS = (None, "float16", "int8")
 
 # TensorFlow's int8 calibration runs the model in tf.lite.Interpreter, whose constructor warns that
 # it is deprecated in favour of ai_edge_litert's: a warning about a call inside the converter,
-# which no user of this package can act on (our own runs use ai_edge_litert, ``_interpreter``).
+# which no user of this package can act on (our own runs use ai_edge_litert: ``movinet.runners``).
 CONVERTER_OWN_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
-
-
-class ExportError(ValueError):
-    """A model or setting that cannot be exported as asked; the message says which and why."""
-
-
-def _height_width(resolution) -> tuple[int | None, int | None]:
-    """``resolution`` as (height, width): None (dynamic), one int (square) or a pair."""
-    if resolution is None:
-        return None, None
-    if isinstance(resolution, (int, np.integer)):
-        resolution = (resolution, resolution)
-    height, width = (int(d) for d in resolution)
-    if height < 1 or width < 1:
-        raise ExportError(f"resolution={resolution!r}: expected positive sizes")
-    return height, width
 
 
 def image_spec(batch, frames, height, width) -> tf.TensorSpec:
@@ -85,7 +66,7 @@ def serving_functions(model, *, batch=1, frames=None, resolution=None) -> dict:
                "init_states": input_shape (int32 [B, T, H, W, 3]) -> {**zero states}}, named as in
       the official export, so TF Hub-style code runs on it unchanged.
     """
-    height, width = _height_width(resolution)
+    height, width = height_width(resolution)
     image = image_spec(batch, frames, height, width)
     if model.mode == "base":
         def serve(image):
@@ -133,69 +114,6 @@ def export_saved_model(model, path: "str | os.PathLike", *, frames=None, resolut
     tf.saved_model.save(holder, str(path), signatures=functions)
     return Path(path)
 
-
-def xla_function(fn, *input_signature):
-    """``fn`` traced for ``input_signature`` (TensorSpecs or tensors) and compiled by XLA at its
-    first call, its depthwise convolutions as fused taps (``movinet.layers.depthwise_as_taps``).
-
-    E.g. ``xla_function(lambda clip: fold_batch_norm(model)(clip, training=False), clip)`` for a
-    base model: XLA's own depthwise convolution is a slow loop on CPU, the taps fuse.
-    """
-    with depthwise_as_taps(), native.disabled():
-        return tf.function(fn, jit_compile=True).get_concrete_function(*input_signature)
-
-
-class KerasStreamRunner:
-    """Runs a Keras stream model one frame at a time, carrying its states (as TFLiteStreamRunner).
-
-    The runner steps a batch-norm-folded copy of ``model`` (same outputs, fewer ops per frame);
-    later changes to ``model``'s weights need a new runner. The states live in variables that
-    the traced step reads and assigns, so a call passes one frame in and the logits out: handing
-    ~40 state tensors through tf.function's argument matching costs ~1-2 ms a frame in Python.
-
-    ``jit_compile=True`` compiles the step with XLA into one executable, its depthwise convolutions
-    as fused taps (``movinet.layers.depthwise_as_taps``): no per-op dispatch, element-wise chains
-    fused (A0 on a 2-core CPU: 20-40% less time a frame; ``results/benchmarks.md``), at the price
-    of a compilation of several seconds before the first step; worth it from a few hundred frames on.
-    """
-
-    def __init__(self, model, resolution, jit_compile: bool = False):
-        if model.mode != "stream":
-            raise ValueError(f"{model.name} is a base model; only a stream model runs frame by frame")
-        self.model = fold_batch_norm(model)
-        height, width = _height_width(resolution)
-        self.image_shape = (1, 1, height, width, 3)
-        self._zeros = self.model.init_states(self.image_shape)
-        self._states = {name: tf.Variable(value, trainable=False, name=name)
-                        for name, value in self._zeros.items()}
-        image = tf.TensorSpec(self.image_shape, tf.float32)
-        self._step = (xla_function(self._advance, image) if jit_compile
-                      else tf.function(self._advance).get_concrete_function(image))
-
-    def _advance(self, image):
-        logits, new_states = self.model({**{name: state.read_value() for name, state in self._states.items()},
-                                         "image": image}, training=False)
-        for name, value in new_states.items():
-            self._states[name].assign(value)
-        return logits
-
-    @property
-    def states(self) -> dict[str, tf.Tensor]:
-        """The current states (values, not the variables: later steps do not change them)."""
-        return {name: tf.identity(state) for name, state in self._states.items()}
-
-    def init_states(self) -> dict[str, tf.Tensor]:
-        """Zero states (the start of a video), also made the runner's current states."""
-        for name, value in self._zeros.items():
-            self._states[name].assign(value)
-        return self.states
-
-    def step(self, frame) -> np.ndarray:
-        """Logits [classes] after ``frame`` ([H, W, 3] or [1, 1, H, W, 3])."""
-        image = tf.constant(np.asarray(frame, np.float32).reshape(self.image_shape))
-        return self._step(image).numpy()[0]
-
-
 def streaming_inputs(model, clips: Iterable) -> Iterator[dict[str, np.ndarray]]:
     """{"image": frame [1, 1, H, W, 3], **states before that frame} for every frame of ``clips``.
 
@@ -235,7 +153,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     """
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization={quantization!r}: expected one of {list(QUANTIZATIONS)}")
-    height, width = _height_width(resolution)
+    height, width = height_width(resolution)
     if height is None:
         raise ExportError("TF Lite export needs a fixed resolution")
     if quantization == "int8" and calibration is None:
@@ -294,131 +212,6 @@ def convert(function, trackable, quantization: str | None = None, representative
                      lines[0] if lines else type(err).__name__)
         raise ExportError(f"TF Lite conversion failed: {first}") from None
 
-
-def _interpreter(path: "str | os.PathLike", num_threads: int | None):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=str(path), num_threads=num_threads)
-
-
-class TFLiteStreamRunner:
-    """Runs an exported TF Lite MoViNet, addressing every tensor by signature name.
-
-    A stream model carries its states between ``step`` calls; ``init_states`` starts a new
-    video. A base model (no state inputs) classifies one fixed-length clip per ``step``.
-    Inputs and outputs are float32 (int32 frame counters), as ``export_tflite`` writes them
-    in every quantization mode.
-    """
-
-    def __init__(self, path: "str | os.PathLike", num_threads: int | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such TF Lite file")
-        try:
-            self.runner = _interpreter(self.path, num_threads).get_signature_runner()
-        except (ValueError, RuntimeError) as err:
-            raise ExportError(f"{self.path}: not a runnable TF Lite model ({err})") from None
-        self.inputs = self.runner.get_input_details()
-        self.outputs = self.runner.get_output_details()
-        if "image" not in self.inputs or "logits" not in self.outputs:
-            raise ExportError(f"{self.path}: not a MoViNet export (expected an 'image' input and a "
-                              f"'logits' output, found {sorted(self.inputs)} -> {sorted(self.outputs)})")
-        integer = sorted(name for name, detail in {**self.inputs, **self.outputs}.items()
-                         if detail["dtype"] not in (np.float32, np.int32))
-        if integer:
-            raise ExportError(f"{self.path}: quantized inputs/outputs {integer[:3]} are not supported; "
-                              "export with float inputs and outputs")
-        self.state_names = sorted(name for name in self.inputs if name != "image")
-        self.states = self.init_states()
-
-    @property
-    def streaming(self) -> bool:
-        return bool(self.state_names)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.outputs["logits"]["shape"][-1])
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """[1, T, H, W, 3]: T is 1 for a stream model, the clip length for a base model."""
-        return tuple(int(d) for d in self.inputs["image"]["shape"])
-
-    def init_states(self) -> dict[str, np.ndarray]:
-        """Zero states (the start of a video), also made the runner's current states."""
-        self.states = {name: np.zeros(self.inputs[name]["shape"], self.inputs[name]["dtype"])
-                       for name in self.state_names}
-        return self.states
-
-    def step(self, frame) -> np.ndarray:
-        """Logits [classes] after ``frame`` ([H, W, 3]; for a base model the whole clip)."""
-        image = np.asarray(frame, np.float32).reshape(self.image_shape)
-        outputs = self.runner(image=image, **self.states)
-        self.states = {name: outputs[name] for name in self.state_names}
-        return outputs["logits"].reshape(-1)
-
-
-def running_logits(model, frames, jit_compile: bool = False, stages: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """(index of the last frame used, logits [classes]) as ``model`` sees more of ``frames``.
-
-    Args:
-      model: a MovinetClassifier or a TFLiteStreamRunner.
-      frames: float32 [T, H, W, 3] in [0, 1].
-      jit_compile: a Keras stream model steps through an XLA-compiled ``KerasStreamRunner``.
-      stages: more than 1: a Keras stream model runs as that many consecutive stages on their
-        own threads (``movinet.pipeline.PipelinedStreamRunner``; the same logits, more frames a second).
-    Yields:
-      stream models: after every frame, states carried from zero. A Keras base model: once,
-      for the whole clip. A TF Lite base model takes clips of a fixed length: after each
-      consecutive window (the last one padded by repeating its final frame), the mean of the
-      window logits so far.
-    """
-    frames = np.asarray(frames, np.float32)
-    if stages > 1 and (isinstance(model, TFLiteStreamRunner) or model.mode != "stream"):
-        raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
-                          + ("a TF Lite model runs whole" if isinstance(model, TFLiteStreamRunner)
-                             else "a base model takes the clip at once"))
-    if isinstance(model, TFLiteStreamRunner) and not model.streaming:
-        window = model.image_shape[1]
-        total = 0.0
-        for count, start in enumerate(range(0, len(frames), window), start=1):
-            clip = frames[start:start + window]
-            clip = np.concatenate([clip, np.repeat(clip[-1:], window - len(clip), axis=0)])
-            total = total + model.step(clip)
-            yield min(start + window, len(frames)) - 1, total / count
-        return
-    if not isinstance(model, TFLiteStreamRunner) and model.mode == "base":
-        yield len(frames) - 1, model(frames[None], training=False).numpy()[0]
-        return
-    if stages > 1:
-        from movinet.pipeline import PipelinedStreamRunner
-
-        pipeline = PipelinedStreamRunner(model, frames.shape[1:3], stages=stages, jit_compile=jit_compile)
-        yield from enumerate(pipeline.run(frames))
-        return
-    runner = (model if isinstance(model, TFLiteStreamRunner)
-              else KerasStreamRunner(model, frames.shape[1:3], jit_compile=jit_compile))
-    runner.init_states()
-    for index, frame in enumerate(frames):
-        yield index, runner.step(frame)
-
-
-def clip_logits(model, clip) -> np.ndarray:
-    """Logits [classes] of a MovinetClassifier or a TFLiteStreamRunner after the whole ``clip``.
-
-    A Keras model takes the clip at once (for a stream model that equals going frame by
-    frame); a runner goes as ``running_logits``.
-    """
-    clip = np.asarray(clip, np.float32)
-    if not isinstance(model, TFLiteStreamRunner):
-        return model(clip[None], training=False).numpy()[0]
-    for _, logits in running_logits(model, clip):
-        pass
-    return logits
-
-
 def top1_agreement(reference, candidate, clips: Iterable) -> dict:
     """How often ``candidate`` (e.g. an int8 export) picks the top-1 class ``reference`` picks.
 
@@ -437,22 +230,3 @@ def top1_agreement(reference, candidate, clips: Iterable) -> dict:
     if not count:
         raise ValueError("top1_agreement needs at least one clip")
     return {"clips": count, "agreement": agree / count, "max_abs_diff": gap}
-
-
-def seconds_per_frame(model, frames) -> float:
-    """Mean wall time of one streaming step of a stream model over ``frames`` [T, H, W, 3].
-
-    One warm-up step first (it traces the Keras step and lets the interpreter allocate).
-    """
-    if isinstance(model, TFLiteStreamRunner):
-        if not model.streaming:
-            raise ValueError(f"{model.path} is a base model; per-frame latency needs a stream model")
-        runner = model
-    else:
-        runner = KerasStreamRunner(model, np.shape(frames)[1:3])
-    runner.step(frames[0])
-    runner.init_states()
-    start = time.perf_counter()
-    for frame in frames:
-        runner.step(frame)
-    return (time.perf_counter() - start) / len(frames)

@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.cost import cost as model_cost
-from movinet.export import ExportError, _height_width, xla_function
-from movinet.model import _states_by_owner, fold_batch_norm
+from movinet.model import fold_batch_norm, states_by_owner
+from movinet.runners import ExportError, height_width, stateful_step
 
 # A unit's estimated time (nanoseconds on a 2-core Xeon; see ``layer_weights``).
 UNIT_NS = 220_000.0        # fixed per unit: its ~20 fused loops and matrix products, its state reads and writes
@@ -88,14 +88,12 @@ class _Stage:
     def __init__(self, model, units: Sequence[str], zeros: dict, input_spec: tf.TensorSpec, jit_compile: bool):
         self.model = model
         self.units = tuple(units)
-        owners = _states_by_owner(zeros)
+        owners = states_by_owner(zeros)
         prefixes = [self._layer(unit).state_prefix for unit in self.units if unit.startswith("block")]
         if "head" in self.units:
             prefixes.append("state_head")
         self.zeros = {name: value for prefix in prefixes for name, value in owners.get(prefix, {}).items()}
-        self.states = {name: tf.Variable(value, trainable=False, name=name) for name, value in self.zeros.items()}
-        self.step = (xla_function(self._advance, input_spec) if jit_compile
-                     else tf.function(self._advance).get_concrete_function(input_spec))
+        self.step, self.states = stateful_step(self.apply, self.zeros, input_spec, jit_compile)
         self.output_spec = tf.TensorSpec(self.step.structured_outputs.shape, self.step.structured_outputs.dtype)
 
     def _layer(self, name: str):
@@ -103,7 +101,7 @@ class _Stage:
 
     def apply(self, x, states: dict):
         """(this stage's output, its new states) for input ``x`` and its ``states`` by name."""
-        own = _states_by_owner(states)
+        own = states_by_owner(states)
         new_states = {}
         for unit in self.units:
             if unit == "stem":
@@ -118,12 +116,6 @@ class _Stage:
                 new_states.update(layer_states)
         return x, new_states
 
-    def _advance(self, x):
-        x, new_states = self.apply(x, {name: state.read_value() for name, state in self.states.items()})
-        for name, value in new_states.items():
-            self.states[name].assign(value)
-        return x
-
     def reset(self) -> None:
         for name, value in self.zeros.items():
             self.states[name].assign(value)
@@ -137,7 +129,7 @@ class PipelinedStreamRunner:
 
     Args:
       model: a stream MovinetClassifier (a batch-norm-folded copy is stepped, as in
-        ``movinet.export.KerasStreamRunner``).
+        ``movinet.runners.KerasStreamRunner``).
       resolution: int (square) or (height, width) of the frames.
       stages: how many consecutive parts, each on its own thread (1: no pipeline).
       jit_compile: compile each stage with XLA (a few seconds each before the first frame).
@@ -150,7 +142,7 @@ class PipelinedStreamRunner:
                  split: Sequence[int] | None = None):
         if model.mode != "stream":
             raise ExportError(f"{model.name} is a base model; only a stream model runs frame by frame")
-        height, width = _height_width(resolution)
+        height, width = height_width(resolution)
         if height is None:
             raise ExportError("a pipelined runner needs the frames' resolution")
         self.model = fold_batch_norm(model)

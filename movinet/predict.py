@@ -21,8 +21,9 @@ import numpy as np
 
 from movinet import checkpoints
 from movinet.data.video import DecodeParams, VideoError as DecodeError, decode_video
-from movinet.export import TFLiteStreamRunner, running_logits
 from movinet.model import build_model
+from movinet.pipeline import PipelinedStreamRunner
+from movinet.runners import ExportError, TFLiteStreamRunner, running_logits
 
 DEFAULT_FPS = 5.0
 
@@ -164,6 +165,15 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, probabilities[order]
 
 
+def pipelined(model, resolution: int, stages: int, jit_compile: bool) -> PipelinedStreamRunner:
+    """``model`` (a Keras stream model) as ``stages`` consecutive stages on their own threads."""
+    if isinstance(model, TFLiteStreamRunner) or model.mode != "stream":
+        raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
+                          + ("a TF Lite model runs whole" if isinstance(model, TFLiteStreamRunner)
+                             else "a base model takes the clip at once"))
+    return PipelinedStreamRunner(model, resolution, stages=stages, jit_compile=jit_compile)
+
+
 def predict_video(path: "str | os.PathLike", model, *, resolution: int | None = None,
                   fps: float | None = None, k: int = 5,
                   labels: Sequence[str] | None = None, jit_compile: bool = False,
@@ -174,7 +184,7 @@ def predict_video(path: "str | os.PathLike", model, *, resolution: int | None = 
       model: a MovinetClassifier or a TFLiteStreamRunner.
       resolution, fps: the model's input (see ``model_input``).
       labels: class names, one per class.
-      jit_compile: step a Keras stream model compiled by XLA (see ``export.KerasStreamRunner``).
+      jit_compile: step a Keras stream model compiled by XLA (see ``movinet.runners.KerasStreamRunner``).
       stages: run a Keras stream model as a pipeline of that many stages on their own threads
         (``movinet.pipeline``).
     """
@@ -182,7 +192,9 @@ def predict_video(path: "str | os.PathLike", model, *, resolution: int | None = 
         raise LabelError(f"{len(labels)} class names for a model with {num_classes(model)} classes")
     resolution, fps = model_input(model, resolution, fps)
     frames = read_video(path, resolution=resolution, fps=fps)
-    for index, logits in running_logits(model, frames, jit_compile=jit_compile, stages=stages):
+    if stages > 1:
+        model = pipelined(model, resolution, stages, jit_compile)
+    for index, logits in running_logits(model, frames, jit_compile=jit_compile):
         classes, probabilities = top_k(logits, k)
         yield Prediction(index, index / fps, tuple(int(c) for c in classes),
                          tuple(float(p) for p in probabilities),

@@ -65,21 +65,14 @@ def hold_threads(cpus: float) -> None:
 
 
 def stream_latency_ms(model, resolution: int, frames: int = 16, warmup: int = 3) -> float:
-    """Median wall time of one frame through the stream model, states carried, batch 1."""
+    """Median wall time (ms) of one frame through the stream model, states carried, batch 1
+    (``movinet.runners.seconds_per_frame`` over random frames)."""
     import numpy as np
-    import tensorflow as tf
 
-    step = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
-    states = model.init_states([1, 1, resolution, resolution, 3])
-    frame = tf.random.uniform([1, 1, resolution, resolution, 3], seed=0)
-    times = []
-    for i in range(warmup + frames):
-        began = time.perf_counter()
-        logits, states = step({**states, "image": frame})
-        logits.numpy()
-        if i >= warmup:
-            times.append(time.perf_counter() - began)
-    return float(np.median(times) * 1e3)
+    from movinet.runners import seconds_per_frame
+
+    clip = np.random.default_rng(0).random((frames, resolution, resolution, 3), dtype=np.float32)
+    return 1e3 * seconds_per_frame(model, clip, warmup=warmup)
 
 
 def trial_location() -> dict:

@@ -5,13 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from movinet import export
+from movinet import runners
 from movinet.pipeline import PipelinedStreamRunner, balanced_split, layer_weights
 from tests.helpers import RESOLUTION, TINY_SPEC, clips, random_model
 
 
 def sequential_logits(model, clip):
-    runner = export.KerasStreamRunner(model, RESOLUTION)
+    runner = runners.KerasStreamRunner(model, RESOLUTION)
     return np.stack([runner.step(frame) for frame in clip])
 
 
@@ -53,7 +53,7 @@ def test_a_bad_frame_or_an_early_stop_ends_the_threads():
     before = threading.active_count()
     frames = [*clip[:3], np.zeros((RESOLUTION + 1, RESOLUTION, 3), np.float32), *clip[3:]]
     seen = []
-    with pytest.raises(export.ExportError, match=rf"frame of shape \[{RESOLUTION + 1}, {RESOLUTION}, 3\]"):
+    with pytest.raises(runners.ExportError, match=rf"frame of shape \[{RESOLUTION + 1}, {RESOLUTION}, 3\]"):
         for logits in runner.run(frames):
             seen.append(logits)
     assert len(seen) == 3 and threading.active_count() == before
@@ -76,7 +76,7 @@ def test_the_split_balances_the_units_and_rejects_bad_ones():
     assert balanced_split([1, 1, 1, 1, 1, 1], 3) == [2, 4]
     assert balanced_split([100, 1, 1], 3) == [1, 2]       # never an empty stage
     assert balanced_split([5, 1, 1, 1, 1, 1], 2) == [1]
-    with pytest.raises(export.ExportError, match="stages=4"):
+    with pytest.raises(runners.ExportError, match="stages=4"):
         balanced_split([1, 1, 1], 4)
     model = random_model(TINY_SPEC)
     weights = layer_weights(model, RESOLUTION, RESOLUTION)
@@ -84,7 +84,7 @@ def test_the_split_balances_the_units_and_rejects_bad_ones():
     # A larger frame costs more in every unit.
     assert all(b > a for a, b in zip(weights, layer_weights(model, 2 * RESOLUTION, 2 * RESOLUTION)))
     for split in ([0], [3, 2], [99]):
-        with pytest.raises(export.ExportError, match="split="):
+        with pytest.raises(runners.ExportError, match="split="):
             PipelinedStreamRunner(model, RESOLUTION, stages=1 + len(split), split=split)
-    with pytest.raises(export.ExportError, match="base model"):
+    with pytest.raises(runners.ExportError, match="base model"):
         PipelinedStreamRunner(random_model(TINY_SPEC, "base"), RESOLUTION)
