@@ -17,30 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-def batch_counts(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
-                 label_smoothing: float = 0.0) -> dict[str, tf.Tensor]:
-    """Sums over a batch: cross-entropy (with label smoothing), top-1 and top-5 hits, clips."""
-    labels = tf.cast(labels, tf.int32)
-    targets = tf.one_hot(labels, num_classes)
-    if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-    loss = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-
-    def hits(k):
-        return tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(k, num_classes)), tf.float32))
-
-    return {"loss": tf.reduce_sum(loss), "top1": hits(1), "top5": hits(5),
-            "count": tf.cast(tf.size(labels), tf.float32)}
-
-
-def summarize_counts(totals: Mapping[str, float]) -> dict[str, float]:
-    """Means of summed counts: loss, top1, top5 per clip, and the number of clips."""
-    count = totals.get("count", 0.0)
-    if not count:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "count": 0}
-    return {"loss": totals["loss"] / count, "top1": totals["top1"] / count, "top5": totals["top5"] / count,
-            "count": int(count)}
+from movinet.metrics import batch_counts, summarize_counts
 
 
 def clip_logits(model: keras.Model):
@@ -127,7 +104,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, frame_by_frame: bool | None = No
       top1, top5, loss, count, the confusion matrix, and the paths written.
     """
     from movinet.data import DataConfig, make_datasets
-    from movinet.train import restore_run_model
+    from movinet.runfolder import restore_run_model
 
     model, config = restore_run_model(run_dir)
     data = DataConfig.from_dict({**config["data"], **dict(data_overrides or {})})

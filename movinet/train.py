@@ -1,4 +1,4 @@
-"""Training: one custom loop for every tf.distribute strategy, resumable run folders, trial budgets.
+"""Training: one custom loop for every tf.distribute strategy, into resumable run folders.
 
 The loop is written out (``strategy.run``) rather than ``Model.fit``, because Keras 3 ``fit``
 fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Each replica divides its summed
@@ -6,61 +6,42 @@ loss by the global batch size and its share of the regularisation by the number 
 Keras 3 optimizer sums gradients across replicas, so the update equals that of one device on the
 whole batch.
 
-The recipe follows the official Kinetics training (MoViNets, arXiv 2103.11511; yamls quoted in
-the reference, section 3.3): RMSprop (rho 0.9, momentum 0.9, epsilon 1.0), cosine decay after a
-linear warm-up, label smoothing 0.1, L2 weight decay 3e-5 (an L2 of half that on conv kernels),
-clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch; the
+The recipe follows the official Kinetics training configs (MoViNets, arXiv 2103.11511): RMSprop
+(rho 0.9, momentum 0.9, epsilon 1.0), cosine decay after a linear warm-up, label smoothing 0.1,
+L2 weight decay 3e-5 (an L2 of half that on conv kernels), clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch; the
 official 1.8 is for 1024 clips over 85785 steps, while the default 0.1 suits the batches of 8-16
 and the few thousand steps of CPU runs (it reaches 90% on the synthetic set in 6 epochs of 64
 steps, where the linearly scaled 0.014 stays near chance).
 
-A run folder holds::
-
-    config.yaml          the resolved spec, mode, model options, data and training settings
-    checkpoints/         model, optimizer and epoch counter after every finished epoch
-    logs/train, logs/val TensorBoard scalars
-    history.csv          one row per finished epoch
-    model/               the final weights (``movinet.checkpoints.save`` layout)
-
-Running the same command again resumes after the last finished epoch. A search trial trains
-without a run folder: nothing is written, as nobody would read it.
+A run writes its folder (``movinet.runfolder``: config, checkpoints, logs, history, final model);
+running the same command again resumes after the last finished epoch. Without a folder nothing
+is written (a search trial: nobody would read it).
 
 The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no TensorFlow.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import keras
 import tensorflow as tf
-import yaml
 from tensorflow.core.framework import summary_pb2
 
 from movinet import native
 from movinet.allocator import keep_freed_memory
 from movinet.data import DataConfig, DataInfo, make_datasets
-from movinet.evaluate import batch_counts, summarize_counts
-from movinet.model import build_model
+from movinet.metrics import batch_counts, summarize_counts
 from movinet.optimizers import FusedAdam, FusedAdamW, FusedRMSprop, FusedSGD
-from movinet.spec import ModelSpec, load_spec, spec_from_dict
+from movinet.runfolder import RunFolder, build_run_model, check_resumable, model_variables, resolved_config
+from movinet.spec import ModelSpec, load_spec
 from movinet.train_config import STRATEGIES, TrainConfig, TrainError
-from movinet.train_config import OPTIMIZERS, PRECISIONS  # noqa: F401  (their old home)
 
-# Settings that may change between a run and its resumption: they do not change what is learned.
-RESUMABLE_CHANGES = ("train.epochs", "train.verbose", "train.max_seconds", "train.log_every_steps",
-                     "train.keep_checkpoints", "data.cache_dir", "data.parallel_calls",
-                     "data.eval_batch_size")
-
-TRIAL_NORM_MOMENTUM = 0.9
 EpochHook = Callable[[dict], None]
 ModelHook = Callable[[keras.Model], None]
 
@@ -285,50 +266,6 @@ def log_scalar(name: str, value: float) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
 
 
-def resolved_config(spec: ModelSpec, mode: str, model_options: Mapping[str, Any], data: DataConfig,
-                    train: TrainConfig) -> dict[str, Any]:
-    return {"spec": spec.to_dict(), "mode": mode, "model_options": dict(model_options),
-            "data": data.to_dict(), "train": train.to_dict()}
-
-
-def _changed_settings(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        before, after = saved.get(key), current.get(key)
-        if isinstance(before, Mapping) and isinstance(after, Mapping) and key != "spec":
-            changed += _changed_settings(before, after, f"{name}.")
-        elif before != after and name not in RESUMABLE_CHANGES:
-            changed.append(name)
-    return changed
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise TrainError(f"{run_dir}: not a training run folder (no config.yaml)")
-    return yaml.safe_load(path.read_text())
-
-
-def build_run_model(config: Mapping[str, Any], num_classes: int, train: TrainConfig) -> keras.Model:
-    """The model a run config describes, with the recipe's regularisation."""
-    spec = spec_from_dict(config["spec"], "config.yaml spec")
-    options = dict(config.get("model_options") or {})
-    options.setdefault("dropout_rate", train.dropout_rate)
-    options.setdefault("stochastic_depth_drop_rate", train.stochastic_depth_drop_rate)
-    options.setdefault("kernel_l2", train.weight_decay / 2.0)
-    return build_model(spec, config["mode"], num_classes=num_classes, **options)
-
-
-def model_variables(model: keras.Model) -> dict[str, keras.Variable]:
-    """The model's variables keyed by their path below the model, as checkpoints hold them.
-
-    Checkpoints name variables by path rather than through TF's object graph, which does not
-    follow the Keras 3 layer lists a MovinetClassifier keeps its blocks in.
-    """
-    return {variable.path.split("/", 1)[-1]: variable for variable in model.weights}
-
-
 def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> dict[str, keras.Variable]:
     """The optimizer's variables keyed by path without the optimizer's name.
 
@@ -341,19 +278,6 @@ def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> dict[str, kera
             for variable in optimizer.variables}
 
 
-def restore_run_model(run_dir: str | os.PathLike) -> tuple[keras.Model, dict[str, Any]]:
-    """The model of a run folder with the weights of its last checkpoint; and the run config."""
-    config = read_run_config(run_dir)
-    train = TrainConfig.from_dict(config["train"])
-    model = build_run_model(config, config["num_classes"], train)
-    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints"))
-    if latest is None:
-        raise TrainError(f"{run_dir}: no checkpoint yet (no finished epoch)")
-    tf.train.Checkpoint(model=model_variables(model)).restore(latest).expect_partial(
-        ).assert_existing_objects_matched()
-    return model, config
-
-
 def _load_init_checkpoint(model: keras.Model, path: str) -> None:
     try:
         from movinet.checkpoints import load_weights
@@ -361,58 +285,6 @@ def _load_init_checkpoint(model: keras.Model, path: str) -> None:
         raise TrainError(f"init_checkpoint={path!r} needs movinet.checkpoints.load_weights, which this "
                          f"installation lacks ({err})") from None
     load_weights(model, path, skip_classifier=True)
-
-
-class _RunFolder:
-    """Writes the run folder: only the chief writes; other workers save checkpoints to a scratch folder.
-
-    Without a folder (``run_dir`` None) nothing is written and there are no checkpoints.
-    """
-
-    def __init__(self, run_dir: Path | None, chief: bool):
-        self.root = run_dir
-        self.writes = chief and run_dir is not None
-        self.scratch = None if chief or run_dir is None else Path(tempfile.mkdtemp(prefix="movinet-worker-"))
-        self.checkpoints = None if run_dir is None else (self.root if chief else self.scratch) / "checkpoints"
-
-    def writer(self, name: str):
-        if not self.writes:
-            return tf.summary.create_noop_writer()
-        return tf.summary.create_file_writer(str(self.root / "logs" / name))
-
-    def append_history(self, row: Mapping[str, Any]) -> None:
-        if not self.writes:
-            return
-        path = self.root / "history.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def history(self) -> list[dict[str, str]]:
-        if self.root is None:
-            return []
-        path = self.root / "history.csv"
-        if not path.exists():
-            return []
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
-
-    def truncate_history(self, epochs: int) -> None:
-        """Drops rows after the restored checkpoint: a partial epoch, or a crash between the writes."""
-        rows = self.history()
-        kept = [row for row in rows if int(row["epoch"]) <= epochs]
-        if not self.writes or len(kept) == len(rows):
-            return
-        (self.root / "history.csv").unlink()
-        for row in kept:
-            self.append_history(row)
-
-    def close(self) -> None:
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfig,
@@ -446,15 +318,11 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     config = resolved_config(spec, mode, model_options, data_config, train_config)
     config["num_classes"] = info.num_classes
     config["class_names"] = info.class_names
-    if run_dir is not None and (run_dir / "config.yaml").exists():
-        changed = _changed_settings(read_run_config(run_dir), config)
-        if changed:
-            raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-                             "give a new run folder to start another run")
+    check_resumable(run_dir, config)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train_config.precision)
-    folder = _RunFolder(run_dir, is_chief(strategy))
+    folder = RunFolder(run_dir, is_chief(strategy))
     try:
         steps_per_epoch = train_config.steps_per_epoch or info.num_train // data_config.batch_size
         with strategy.scope():
@@ -473,9 +341,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
             _load_init_checkpoint(model, train_config.init_checkpoint)
         if on_model_built is not None:
             on_model_built(model)
-        if folder.writes:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        folder.write_config(config)
         return _run_epochs(trainer, manager, epoch, folder, train_ds, val_ds, info, train_config,
                            steps_per_epoch, on_epoch_end)
     finally:
@@ -484,7 +350,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
 
 
 def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, epoch: tf.Variable,
-                folder: _RunFolder, train_ds, val_ds, info: DataInfo, config: TrainConfig,
+                folder: RunFolder, train_ds, val_ds, info: DataInfo, config: TrainConfig,
                 steps_per_epoch: int, on_epoch_end: EpochHook | None) -> dict:
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else None
@@ -497,7 +363,7 @@ def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, ep
                 log_scalar("running_loss", metrics["loss"])
                 log_scalar("learning_rate", trainer.learning_rate)
 
-    result = _last_result(folder)
+    result = folder.last_result()
     stopped = False
     batches = None   # made with the first epoch to run: a run found complete starts no pipeline
     while int(epoch.numpy()) < config.epochs and not stopped:
@@ -540,49 +406,3 @@ def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, ep
         save(trainer.model, folder.root / "model")
     return {**result, "stopped_by_budget": stopped, "seconds": round(time.monotonic() - started, 3),
             "params": trainer.model.count_params(), "run_dir": None if folder.root is None else str(folder.root)}
-
-
-def _last_result(folder: _RunFolder) -> dict:
-    """The last row of the history as numbers (what a run that is already complete returns)."""
-    rows = folder.history()
-    if not rows:
-        return {"epoch": 0, "top1": math.nan, "top5": math.nan, "loss": math.nan}
-    return {key: _number(text) for key, text in rows[-1].items()}
-
-
-def _number(text: str):
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: DataConfig | None = None,
-                    budget: Mapping[str, Any] | None = None, *, train_config: TrainConfig | None = None,
-                    model_options: Mapping[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
-                    report: EpochHook | None = None, on_model_built: ModelHook | None = None) -> dict:
-    """Trains one search candidate within a budget, with the same code as ``train``.
-
-    A trial is a few hundred steps, too few for batch-norm moving averages of the official
-    momentum 0.99 to forget their initial values (the validation accuracy then stays near chance
-    while the training accuracy rises), so trials use ``TRIAL_NORM_MOMENTUM`` unless
-    ``model_options`` sets ``norm_momentum``.
-
-    Args:
-      budget: TrainConfig fields that bound the trial, e.g. ``{"epochs": 2, "max_seconds": 120}``.
-      run_dir: where to keep the run (see ``train``); by default nothing is written, which spares
-        a trial the checkpoints, logs and model save of every epoch that nobody would read.
-      report: called after every epoch with its metrics (``epoch``, ``top1``, ``top5``, ``loss``).
-      on_model_built: called with the built model before training (see ``train``).
-    Returns:
-      {top1, top5, loss, epoch, steps, seconds, params, stopped_by_budget, ...} of the last evaluation.
-    """
-    settings = (train_config or TrainConfig(verbose=0)).to_dict()
-    settings.update(budget or {})
-    config = TrainConfig.from_dict(settings)
-    data_config = data_config or DataConfig()
-    options = {"norm_momentum": TRIAL_NORM_MOMENTUM, **dict(model_options or {})}
-    return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report,
-                 on_model_built=on_model_built)

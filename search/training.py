@@ -1,8 +1,9 @@
 """The default trial: build the candidate in stream mode, time it per frame, train it, score it.
 
-Training is ``movinet.train.train_candidate`` on ``movinet.data`` (the space's ``data`` section is a
-``DataConfig`` whose clip fields come from the candidate, its ``budget`` section ``TrainConfig``
-fields); this module only adapts the search's trial contract (``search.trial``) to it.
+Training is ``train_candidate``: ``movinet.train`` with the search's trial policy, on ``movinet.data``
+(the space's ``data`` section is a ``DataConfig`` whose clip fields come from the candidate, its
+``budget`` section ``TrainConfig`` fields); this module adapts the search's trial contract
+(``search.trial``) to it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ import gc
 import os
 import sys
 import time
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from search.candidate import MODE, Candidate
 from search.space import SearchSpace, SpaceError
 from search.trial import TRIAL_PROCESS, Report, hold_threads, stream_latency_ms
 
+if TYPE_CHECKING:
+    from movinet.data.config import DataConfig
+    from movinet.spec import ModelSpec
+    from movinet.train_config import TrainConfig
+
+# Batch-norm momentum of trials (official: 0.99), whose few hundred steps the moving averages must follow.
+TRIAL_NORM_MOMENTUM = 0.9
 # DataConfig fields a candidate sets: its clip is part of what is searched.
 CLIP_FIELDS = ("frames", "resolution", "stride")
 REPORTED = ("epoch", "top1", "top5", "loss", "train_loss", "train_top1")
@@ -79,7 +87,7 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
         hold_threads(space.settings.cpus)
         import keras
 
-        from movinet.train import train_candidate
+        import movinet.train  # noqa: F401  (here: its import counts in import_seconds)
 
     _freeze_imports()
     keras.backend.clear_session()   # Ray reuses a trial's process for the next trial
@@ -98,6 +106,40 @@ def train_and_score(candidate: Candidate, space: SearchSpace, report: Report) ->
     result = train_candidate(candidate.spec, MODE, data_config(space, candidate), space.budget,
                              model_options=candidate.options, report=on_epoch, on_model_built=probe)
     return {**{k: result[k] for k in REPORTED if k in result}, **latency, **timing}
+
+
+def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: DataConfig | None = None,
+                    budget: Mapping[str, Any] | None = None, *, train_config: TrainConfig | None = None,
+                    model_options: Mapping[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
+                    report: Callable[[dict], None] | None = None,
+                    on_model_built: Callable[[Any], None] | None = None) -> dict:
+    """Trains one search candidate within a budget, with the same code as ``movinet.train.train``.
+
+    A trial is a few hundred steps, too few for batch-norm moving averages of the official
+    momentum 0.99 to forget their initial values (the validation accuracy then stays near chance
+    while the training accuracy rises), so trials use ``TRIAL_NORM_MOMENTUM`` unless
+    ``model_options`` sets ``norm_momentum``.
+
+    Args:
+      budget: TrainConfig fields that bound the trial, e.g. ``{"epochs": 2, "max_seconds": 120}``.
+      run_dir: where to keep the run (see ``movinet.train.train``); by default nothing is written,
+        which spares a trial the checkpoints, logs and model save of every epoch that nobody reads.
+      report: called after every epoch with its metrics (``epoch``, ``top1``, ``top5``, ``loss``).
+      on_model_built: called with the built model before training (see ``movinet.train.train``).
+    Returns:
+      {top1, top5, loss, epoch, steps, seconds, params, stopped_by_budget, ...} of the last evaluation.
+    """
+    from movinet.data.config import DataConfig
+    from movinet.train import train
+    from movinet.train_config import TrainConfig
+
+    settings = (train_config or TrainConfig(verbose=0)).to_dict()
+    settings.update(budget or {})
+    config = TrainConfig.from_dict(settings)
+    data_config = data_config or DataConfig()
+    options = {"norm_momentum": TRIAL_NORM_MOMENTUM, **dict(model_options or {})}
+    return train(spec, mode, data_config, config, run_dir, model_options=options, on_epoch_end=report,
+                 on_model_built=on_model_built)
 
 
 def check_training_sections(space: SearchSpace) -> SearchSpace:

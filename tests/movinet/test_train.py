@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 from movinet.data import DataConfig
-from movinet.evaluate import batch_counts, evaluate, plot_confusion_matrix
+from movinet.evaluate import evaluate, plot_confusion_matrix
+from movinet.metrics import batch_counts
 from movinet.spec import spec_from_dict
-from movinet.train import (TrainConfig, TrainError, clip_each_by_norm, learning_rate_schedule, train,
-                           train_candidate)
+from movinet.train import TrainConfig, TrainError, clip_each_by_norm, learning_rate_schedule, train
+from search.training import train_candidate
 
 tf.config.threading.set_inter_op_parallelism_threads(2)
 tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -199,9 +200,9 @@ def test_a_candidate_without_a_run_folder_writes_nothing_and_learns_the_same(tmp
 def test_an_xla_compiled_training_step_uses_the_tf_ops(monkeypatch):
     """With jit_compile the trainer traces its step without the native ops (movinet/native),
     which XLA cannot hold, though batch norm and hard_swish are fused here."""
-    import movinet.layers
+    import movinet.ops
 
-    monkeypatch.setattr(movinet.layers, "FUSE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(movinet.ops, "FUSE_MIN_ELEMENTS", 1)
     result = train_candidate(tiny_spec(), "stream", DataConfig(**TINY_DATA), {"epochs": 1},
                              train_config=TrainConfig(**TINY_TRAIN, jit_compile=True))
     assert np.isfinite(result["train_loss"]) and result["steps"] > 0
