@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from family.scaling import FamilyError, _FamilyReader
+from family.scaling import FamilyError, FamilyReader
 from movinet.cost import cost
 from movinet.spec import InputSpec, ModelSpec, SpecError, load_spec, named_specs
 
@@ -48,7 +48,7 @@ def load_ensembles(path: "str | Path | None" = None) -> dict[str, EnsembleEntry]
     """The ensembles of a registry file; members are published names or spec files, or
     ``{name: N, spec: S}`` (a temporal ensemble repeats one spec under two names)."""
     path = Path(path or default_ensembles_path())
-    r = _FamilyReader(str(path))
+    r = FamilyReader(str(path))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -221,7 +221,7 @@ def load(directory: "str | Path"):
     path = directory / ENSEMBLE_FILE
     if not path.exists():
         return checkpoints.load_model(directory)
-    r = _FamilyReader(str(path))
+    r = FamilyReader(str(path))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

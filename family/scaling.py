@@ -87,7 +87,9 @@ def default_family_path() -> Path:
     return Path(__file__).resolve().parent.parent / "specs" / "family" / "coefficients.yaml"
 
 
-class _FamilyReader(SpecReader):
+class FamilyReader(SpecReader):
+    """SpecReader for family and ensemble files: its errors are FamilyErrors."""
+
     def fail(self, path: str, message: str):
         raise FamilyError(f"{self.source}: {path}: {message}")
 
@@ -115,7 +117,7 @@ def load_family(path: "str | Path | None" = None) -> Family:
 
 
 def family_from_dict(data: Mapping, source: str = "<family>", folder: "str | Path" = ".") -> Family:
-    r = _FamilyReader(source)
+    r = FamilyReader(source)
     r.mapping(data, "", ("name", "base", "members"))
     if not isinstance(data["name"], str) or not data["name"] or "/" in data["name"]:
         r.fail("name", f"expected a non-empty string without '/', got {data['name']!r}")
@@ -136,7 +138,7 @@ def family_from_dict(data: Mapping, source: str = "<family>", folder: "str | Pat
     return family
 
 
-def _member(r: _FamilyReader, name: str, data) -> Member:
+def _member(r: FamilyReader, name: str, data) -> Member:
     path = f"members.{name}"
     r.mapping(data, path, ("coefficients", "target"), ("input",))
     given = r.mapping(data["coefficients"], f"{path}.coefficients", (), COEFFICIENTS)
@@ -160,7 +162,7 @@ def _member(r: _FamilyReader, name: str, data) -> Member:
     return Member(name=name, coefficients=coefficients, target={kind: value}, input=clip)
 
 
-def _check_input(r: _FamilyReader, family: Family, member: Member) -> None:
+def _check_input(r: FamilyReader, family: Family, member: Member) -> None:
     """The clip a file states for a member must be the one its coefficients give."""
     if not member.input:
         return

@@ -1,7 +1,7 @@
 """Checkpoints in the official object-graph layout: load released ones, write our own.
 
-The official ``tf.train.Checkpoint(model=MovinetClassifier)`` keys are structural
-(reference section 5): ``model/layer_with_weights-0/layer_with_weights-{k}/...`` for the stem
+The official ``tf.train.Checkpoint(model=MovinetClassifier)`` keys are structural (TF object-graph
+paths, not variable names): ``model/layer_with_weights-0/layer_with_weights-{k}/...`` for the stem
 (k=0), the block layers in order (k=1..N) and the head (k=N+1), and
 ``model/layer_with_weights-1/...`` for the classifier. Keras 3 variables are matched to those
 keys by structure, never by auto-generated names. Kernel layouts differ between conv types

@@ -8,9 +8,10 @@ activation as the model's spec says); any field can then be overridden.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Self
+from typing import TYPE_CHECKING, Any, Mapping, Self
 
-from movinet.spec import ModelSpec
+if TYPE_CHECKING:   # for annotations only: movinet.spec reads the option names from this module
+    from movinet.spec import ModelSpec
 
 MODES = ("base", "stream")
 CONV_TYPES = ("3d", "2plus1d", "3d_2plus1d")

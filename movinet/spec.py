@@ -33,6 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from movinet.options import ModelOptions
+
 Triple = tuple[int, int, int]
 
 
@@ -233,8 +235,6 @@ def spec_from_dict(data: Mapping, source: str = "<spec>") -> ModelSpec:
 
 
 def _option_names() -> tuple[str, ...]:
-    from movinet.options import ModelOptions   # options.py imports this module
-
     return tuple(f.name for f in dataclasses.fields(ModelOptions) if f.name != "num_classes")
 
 

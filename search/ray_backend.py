@@ -22,7 +22,6 @@ from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-import search as search_package
 from search.candidate import Candidate
 from search.results import FAILED, OK, STOPPED, Ledger, format_row, trial_row
 from search.samplers import Sampler
@@ -47,7 +46,7 @@ PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 def runtime_env() -> dict:
     """What Ray workers need: this checkout of the code on their path, a quiet TensorFlow, the
     driver's TensorFlow switches (``PASSED_ON``), and ``TRIAL_PROCESS`` (they only run trials)."""
-    package_root = str(Path(search_package.__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parent.parent)   # the folder holding search/
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1"}
     env.update({name: os.environ.get(name, default) for name, default in PASSED_ON.items()})
@@ -212,7 +211,7 @@ def _fitting_trials(settings) -> int:
 
 
 def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
-    os.environ.pop("TF_USE_LEGACY_KERAS", None)   # Keras 3 code; see shared pitfalls
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)   # Ray Train sets it, which would load tf_keras, not Keras 3
     candidate = Candidate.from_dict(config["candidate"])
     location = trial_location()
     run_trial(trial_fn, candidate, space, lambda row: tune.report({**row, **location}))
