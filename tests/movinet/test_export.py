@@ -5,20 +5,21 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import movinet
-from movinet import export
+from movinet import export, runners
 from tests.helpers import NUM_CLASSES, RESOLUTION, TINY_SPEC, clip_dependent_logits, clips, random_model
 
-REPO = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = ("movinet", "search", "family", "cli")
+
+
 def frame_logits(model, clip):
     """Logits after every frame of ``clip``, streamed by a Keras stream model or a TF Lite runner."""
-    return np.stack([logits for _, logits in export.running_logits(model, clip)])
+    return np.stack([logits for _, logits in runners.running_logits(model, clip)])
 
 
 def test_state_specs_leave_dynamic_sizes_open():
@@ -34,33 +35,33 @@ def test_state_specs_leave_dynamic_sizes_open():
 
 def test_export_tflite_rejects_bad_settings(tmp_path):
     model = movinet.build_model(TINY_SPEC, "stream", num_classes=NUM_CLASSES)
-    with pytest.raises(export.ExportError, match="quantization='int4'"):
+    with pytest.raises(runners.ExportError, match="quantization='int4'"):
         export.export_tflite(model, tmp_path / "m.tflite", resolution=64, quantization="int4")
-    with pytest.raises(export.ExportError, match="calibration"):
+    with pytest.raises(runners.ExportError, match="calibration"):
         export.export_tflite(model, tmp_path / "m.tflite", resolution=64, quantization="int8")
-    with pytest.raises(export.ExportError, match="fixed resolution"):
+    with pytest.raises(runners.ExportError, match="fixed resolution"):
         export.export_tflite(model, tmp_path / "m.tflite", resolution=None)
 
 
 def test_an_op_outside_the_builtins_fails_the_conversion():
     pool = tf.function(lambda x: {"y": tf.nn.avg_pool3d(x, 2, 2, "VALID")})
     function = pool.get_concrete_function(tf.TensorSpec([1, 4, 8, 8, 3], tf.float32, name="x"))
-    with pytest.raises(export.ExportError, match="TF Select ops: AvgPool3D"):
+    with pytest.raises(runners.ExportError, match="TF Select ops: AvgPool3D"):
         export.convert(function, tf.Module())
 
 
 def test_tflite_runner_rejects_a_file_that_is_not_tflite(tmp_path):
     with pytest.raises(FileNotFoundError):
-        export.TFLiteStreamRunner(tmp_path / "missing.tflite")
+        runners.TFLiteStreamRunner(tmp_path / "missing.tflite")
     (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 10)
-    with pytest.raises(export.ExportError, match="junk.tflite"):
-        export.TFLiteStreamRunner(tmp_path / "junk.tflite")
+    with pytest.raises(runners.ExportError, match="junk.tflite"):
+        runners.TFLiteStreamRunner(tmp_path / "junk.tflite")
 
 
 def test_keras_stream_runner_carries_its_states_between_frames():
     model = random_model(TINY_SPEC)
     clip = clips(1)[0]
-    runner = export.KerasStreamRunner(model, RESOLUTION)
+    runner = runners.KerasStreamRunner(model, RESOLUTION)
     first = np.stack([runner.step(frame) for frame in clip])
     np.testing.assert_allclose(first[-1], model(clip[None]).numpy()[0], atol=1e-4)
     # The states it reports are the model's own after those frames, and later steps leave them be.
@@ -79,8 +80,8 @@ def test_keras_stream_runner_carries_its_states_between_frames():
 def test_xla_compiled_stream_runner_matches_the_plain_one(options):
     model = random_model(TINY_SPEC, **options)
     clip = clips(1)[0]
-    plain = export.KerasStreamRunner(model, RESOLUTION)
-    compiled = export.KerasStreamRunner(model, RESOLUTION, jit_compile=True)
+    plain = runners.KerasStreamRunner(model, RESOLUTION)
+    compiled = runners.KerasStreamRunner(model, RESOLUTION, jit_compile=True)
     # The compiled step holds no depthwise convolution op, which XLA runs slowly on CPU.
     assert "DepthwiseConv2dNative" not in {op.type for op in compiled._step.graph.get_operations()}
     expected = np.stack([plain.step(frame) for frame in clip])
@@ -92,7 +93,7 @@ def test_xla_function_of_a_folded_base_model_gives_its_logits():
     model = random_model(TINY_SPEC, "base")
     clip = tf.constant(clips(1)[0][None])
     folded = movinet.fold_batch_norm(model)
-    compiled = export.xla_function(lambda x: folded(x, training=False), clip)
+    compiled = runners.xla_function(lambda x: folded(x, training=False), clip)
     assert "DepthwiseConv2dNative" not in {op.type for op in compiled.graph.get_operations()}
     np.testing.assert_allclose(compiled(clip).numpy(), model(clip).numpy(), atol=1e-4)
 
@@ -101,7 +102,7 @@ def test_xla_function_of_a_folded_base_model_gives_its_logits():
 def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
     model = random_model("a0")
     path = export.export_tflite(model, tmp_path / "a0.tflite", resolution=RESOLUTION)
-    runner = export.TFLiteStreamRunner(path)
+    runner = runners.TFLiteStreamRunner(path)
     assert runner.streaming and runner.image_shape == (1, 1, RESOLUTION, RESOLUTION, 3)
     assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
     gaps = []
@@ -117,7 +118,7 @@ def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path):
 def test_tflite_float16_matches_keras_frame_by_frame(tmp_path):
     model = random_model(TINY_SPEC)
     path = export.export_tflite(model, tmp_path / "f16.tflite", resolution=RESOLUTION, quantization="float16")
-    runner = export.TFLiteStreamRunner(path)
+    runner = runners.TFLiteStreamRunner(path)
     gap = max(np.abs(frame_logits(runner, clip) - frame_logits(model, clip)).max() for clip in clips(2))
     print(f"\nfloat16 TF Lite vs Keras float32, per frame: max |diff| {gap:.2e}")
     assert gap < 1e-2
@@ -130,13 +131,13 @@ def test_tflite_int8_top1_agreement_with_float32(tmp_path):
         warnings.simplefilter("always")
         path = export.export_tflite(model, tmp_path / "int8.tflite", resolution=RESOLUTION,
                                     quantization="int8", calibration=clips(8, "train"))
-        runner = export.TFLiteStreamRunner(path)
+        runner = runners.TFLiteStreamRunner(path)
     # the converter's calibration builds a deprecated tf.lite.Interpreter; its warning stays inside
     assert not [w for w in caught if "tf.lite.Interpreter is deprecated" in str(w.message)]
     assert runner.num_classes == NUM_CLASSES
     test_clips = clips(16)
     result = export.top1_agreement(model, runner, test_clips)
-    classes = {int(np.argmax(export.clip_logits(model, clip))) for clip in test_clips}
+    classes = {int(np.argmax(runners.clip_logits(model, clip))) for clip in test_clips}
     print(f"\nint8 TF Lite vs Keras float32 on {result['clips']} synthetic clips ({len(classes)} distinct "
           f"float top-1 classes): top-1 agreement {result['agreement']:.2f}, max |logit diff| "
           f"{result['max_abs_diff']:.3f} (logits vary by ~1 between clips)")
@@ -152,7 +153,7 @@ def test_tflite_int8_top1_agreement_with_float32(tmp_path):
 def test_tflite_base_model_on_a_fixed_clip(tmp_path):
     model = random_model(TINY_SPEC, "base")
     path = export.export_tflite(model, tmp_path / "base.tflite", resolution=RESOLUTION, frames=8)
-    runner = export.TFLiteStreamRunner(path)
+    runner = runners.TFLiteStreamRunner(path)
     assert not runner.streaming and runner.image_shape == (1, 8, RESOLUTION, RESOLUTION, 3)
     clip = clips(1)[0]
     np.testing.assert_allclose(runner.step(clip), model(clip[None]).numpy()[0], atol=1e-4)
@@ -160,19 +161,24 @@ def test_tflite_base_model_on_a_fixed_clip(tmp_path):
     longer = clips(1, frames=12)[0]
     padded = np.concatenate([longer[8:], np.repeat(longer[-1:], 4, axis=0)])
     windows = [model(window[None]).numpy()[0] for window in (longer[:8], padded)]
-    steps = list(export.running_logits(runner, longer))
+    steps = list(runners.running_logits(runner, longer))
     assert [index for index, _ in steps] == [7, 11]
     np.testing.assert_allclose(steps[-1][1], np.mean(windows, axis=0), atol=1e-4)
 
 
-# Run with -I -S: no .pth file runs, so an editable install's import hook cannot bring the project
-# back; site-packages (TensorFlow, NumPy) is put on the path by hand.
+# Run with -I -S (no working folder, PYTHONPATH or .pth files on the path), then with the
+# site-packages where TensorFlow is, wherever they are (a .venv inside the checkout too), and the
+# project's packages refused: `import movinet` raises ImportError however the project is installed.
 RELOAD = textwrap.dedent("""
     import site
     import sys
-    sys.path[:] = [p for p in sys.path + site.getsitepackages() if not p.startswith({repo!r})]
-    import importlib.util
-    assert importlib.util.find_spec("movinet") is None, "movinet must not be importable here"
+    sys.path += site.getsitepackages()
+    sys.modules.update(dict.fromkeys({packages!r}))
+    try:
+        import movinet
+        raise AssertionError("movinet must not be importable here")
+    except ImportError:
+        pass
     import numpy as np
     import tensorflow as tf
 
@@ -205,7 +211,7 @@ def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     np.save(tmp_path / "frames.npy", frames)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    subprocess.run([sys.executable, "-I", "-S", "-c", RELOAD.format(repo=str(REPO))], cwd=tmp_path, env=env,
+    subprocess.run([sys.executable, "-I", "-S", "-c", RELOAD.format(packages=PROJECT_PACKAGES)], cwd=tmp_path, env=env,
                    check=True, timeout=300)
 
     expected = frame_logits(stream, frames)
