@@ -50,4 +50,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli.main import main as package_main   # the commands raise cli.main's CommandError, not __main__'s
+
+    sys.exit(package_main())
