@@ -55,7 +55,7 @@ def run_search(args) -> int:
     from cli.main import CommandError
     from family.run import search_members
     from search import SearchError
-    from search.ray_backend import ClusterError
+    from search.cluster import ClusterError
 
     try:
         search_members(args.member, family=args.family, parallel=args.parallel, output_dir=args.output_dir,

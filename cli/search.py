@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 def run_search(args) -> int:
     from cli.main import CommandError
     from search import SearchError, run_search as search
-    from search.ray_backend import ClusterError
+    from search.cluster import ClusterError
 
     try:
         search(args.space, backend=args.backend, output_dir=args.output_dir, resume=args.resume,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,16 +21,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from search.candidate import Candidate
+from search.cluster import ClusterError, authenticate, check_reachable
 from search.results import FAILED, OK, STOPPED, Ledger, format_row, trial_row
 from search.samplers import Sampler
 from search.space import SearchSpace
 from search.trial import TRIAL_PROCESS, TrialFn, run_trial, trial_location
 
 BACKEND = "ray"
-
-
-class ClusterError(RuntimeError):
-    """No Ray cluster answers at the given address."""
 
 
 # Settings of the driver's environment that trials need too, with their value for trials where the
@@ -43,14 +38,26 @@ class ClusterError(RuntimeError):
 PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
-def runtime_env() -> dict:
-    """What Ray workers need: this checkout of the code on their path, a quiet TensorFlow, the
-    driver's TensorFlow switches (``PASSED_ON``), and ``TRIAL_PROCESS`` (they only run trials)."""
-    package_root = str(Path(__file__).resolve().parent.parent)   # the folder holding search/
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1"}
+# The packages trials and member searches run, shipped to the nodes of a cluster joined by address.
+SHIPPED = ("movinet", "search", "family")
+
+
+def runtime_env(shipped: bool = False) -> dict:
+    """What Ray workers need: this checkout of the code, a quiet TensorFlow, the driver's
+    TensorFlow switches (``PASSED_ON``), and ``TRIAL_PROCESS`` (they only run trials).
+
+    On this machine the code is the checkout on the workers' path; ``shipped``: Ray copies
+    ``SHIPPED`` to every node (``py_modules``), for the nodes of a cluster need not have this
+    checkout, nor the same version of it, at this path.
+    """
+    package_root = Path(__file__).resolve().parent.parent   # the folder holding search/
+    path = os.pathsep.join(p for p in ((None if shipped else str(package_root)), os.environ.get("PYTHONPATH")) if p)
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1", **({"PYTHONPATH": path} if path else {})}
     env.update({name: os.environ.get(name, default) for name, default in PASSED_ON.items()})
-    return {"env_vars": env}
+    if not shipped:
+        return {"env_vars": env}
+    return {"env_vars": env, "py_modules": [str(package_root / name) for name in SHIPPED],
+            "excludes": ["__pycache__"]}
 
 
 # The shutdown of the Ray that ``run`` started: most of it is waiting for Ray's processes to exit,
@@ -85,7 +92,11 @@ def wait_stopped() -> float:
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray.
+    """Starts a local Ray, or joins the cluster at ``address``; True if this call started Ray or
+    joined a cluster (``shutdown`` then ends this driver's part in it).
+
+    A cluster is joined with its token where it asks for one (``search.cluster.authenticate``),
+    and with this checkout's code shipped to its nodes (``runtime_env(shipped=True)``).
 
     A local Ray starts no idle workers for the driver's job: Tune gives its trial actors a runtime
     environment of their own, so they never take such workers, which would only compete with the
@@ -100,27 +111,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                  log_to_driver=False, runtime_env=runtime_env(), logging_level="ERROR",
                  _system_config={"prestart_worker_first_driver": False})
         return True
-    _check_reachable(address)
+    check_reachable(address)
+    authenticate(address)
     try:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env(), logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env(shipped=True),
+                 logging_level="ERROR")
     except Exception as err:   # Ray raises ConnectionError, RuntimeError or its own types here
         raise ClusterError(f"cannot join the Ray cluster at {address}: {err}") from None
     return True
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fails in seconds, not minutes, when nothing listens at ``host:port``."""
-    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
-    if match is None:
-        if address == "auto":
-            return
-        raise ClusterError(f"--address {address!r}: expected host:port (or ray://host:port, or auto)")
-    host, port = match.group(1), int(match.group(2))
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        raise ClusterError(f"no Ray cluster answers at {address} ({err}); start one with "
-                           f"`ray start --head --port={port}` or leave out --address to run locally") from None
 
 
 class CandidateSearcher(Searcher):

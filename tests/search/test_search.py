@@ -20,7 +20,7 @@ import fakes
 from movinet.spec import load_spec
 from search import SearchError, decode, load_space, run_search
 from search.candidate import candidate_macs
-from search.ray_backend import ClusterError, _check_reachable
+from search.cluster import ClusterError, check_reachable
 from search.results import FAILED, OK, STOPPED, Ledger
 
 HERE = Path(__file__).resolve().parent
@@ -131,9 +131,9 @@ def test_asha_stops_weak_trials_after_an_epoch(ray_cluster, tmp_path):
 def test_unreachable_cluster_fails_fast():
     began = time.monotonic()
     with pytest.raises(ClusterError, match="no Ray cluster answers at 127.0.0.1:9"):
-        _check_reachable("127.0.0.1:9")
+        check_reachable("127.0.0.1:9")
     with pytest.raises(ClusterError, match="expected host:port"):
-        _check_reachable("nowhere")
+        check_reachable("nowhere")
     assert time.monotonic() - began < 10
 
 
