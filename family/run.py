@@ -49,12 +49,16 @@ def search_members(which: "str | Sequence[str]" = "all", *, family: "Family | st
 
 def _search_on_ray(spaces, address, num_cpus, echo, kwargs) -> dict[str, SearchResult]:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from search.ray_backend import connect, shutdown
 
     started = connect(address, num_cpus)
+    kwargs = {**kwargs, "output_dir": Path(kwargs["output_dir"]).resolve()}
     try:
-        remote = ray.remote(num_cpus=0)(_run_member)
+        # each member's driver runs on this node, so its results folder is on this machine's disk
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        remote = ray.remote(num_cpus=0, scheduling_strategy=here)(_run_member)
         pending = {name: remote.remote(space, kwargs) for name, space in spaces.items()}
         echo(f"searching {', '.join(pending)} at once on Ray; results go to "
              f"{', '.join(str(Path(kwargs['output_dir']) / s.name) for s in spaces.values())}")
