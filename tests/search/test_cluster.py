@@ -40,10 +40,10 @@ trap stop TERM INT EXIT
 ip link set lo up
 export RAY_AUTH_MODE=token
 ray get-auth-token --generate >/dev/null 2>&1
-ray start --head --port {port} --num-cpus 1 --include-dashboard=false --disable-usage-stats \\
+timeout 240 ray start --head --port {port} --num-cpus 1 --include-dashboard=false --disable-usage-stats \\
     --temp-dir {temp} >{logs}/head.log 2>&1
 unshare --mount sh -c 'cd / && for hidden in {hidden}; do mount -t tmpfs none "$hidden"; done &&
-    exec ray start --address 127.0.0.1:{port} --num-cpus 1 --temp-dir {temp}' >{logs}/node.log 2>&1
+    exec timeout 240 ray start --address 127.0.0.1:{port} --num-cpus 1 --temp-dir {temp}' >{logs}/node.log 2>&1
 echo ready
 sleep infinity & wait
 """
@@ -67,8 +67,8 @@ def code_folders() -> list[Path]:
 
 def _unshare_available() -> str | None:
     """Why the namespaces cannot be made here, or None."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs util-linux's `unshare` and iproute2's `ip`"
+    if not all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip")):
+        return "needs util-linux's `unshare` and `nsenter`, and iproute2's `ip`"
     probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
     if probe.returncode != 0:
         return f"`unshare --net --pid --mount` refused here (needs root): {probe.stderr.decode().strip()}"
@@ -77,7 +77,8 @@ def _unshare_available() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Yields (run, folders): ``run(args, env)`` runs a command inside the cluster's namespaces."""
+    """Yields (run, results): ``run(args, env_changes)`` runs a command inside the cluster's namespaces,
+    ``results`` is the folder the second node cannot see."""
     reason = _unshare_available()
     if reason:
         pytest.skip(reason)
@@ -103,7 +104,7 @@ def cluster(tmp_path_factory):
             return subprocess.run(command, cwd=REPO, env={k: v for k, v in full_env.items() if v is not None},
                                   capture_output=True, text=True, timeout=300)
 
-        yield run, {"home": home, "results": results, "logs": logs}
+        yield run, results
     finally:
         if init is not None:
             os.kill(init, signal.SIGTERM)   # PID 1 stops both nodes; its end ends every process inside
@@ -133,17 +134,19 @@ SEARCH = [sys.executable, "-m", "cli.main", "search"]
 
 
 def test_a_search_by_address_runs_trials_on_both_nodes_and_keeps_every_result(cluster, tmp_path):
-    run, folders = cluster
+    run, results = cluster
     space = small_demo(tmp_path)
     done = run([*SEARCH, str(space), "--address", f"127.0.0.1:{PORT}", "--num-trials", "2",
-                "--output-dir", str(folders["results"])], {"RAY_AUTH_MODE": None})
+                "--output-dir", str(results)], {"RAY_AUTH_MODE": None})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    trials = pd.read_csv(folders["results"] / "demo" / "trials.csv")
+    trials = pd.read_csv(results / "demo" / "trials.csv")
     assert list(trials["status"]) == [OK, OK], trials
     assert trials["node_id"].nunique() == 2, trials[["trial", "node_id", "pid"]]
     assert trials["top1"].between(0, 1).all() and trials["epoch"].eq(1).all()
-    for trial in trials["trial"]:   # Tune's record of each trial, written by the driver
-        assert (folders["results"] / "demo" / "ray" / "run-0" / trial / "result.json").stat().st_size > 0
+    tune_trials = results / "demo" / "ray" / "run-0"   # Tune's own record, written by the driver
+    assert {path.name for path in tune_trials.iterdir() if path.is_dir()} == set(trials["trial"])
+    for trial in trials["trial"]:
+        assert (tune_trials / trial / "result.json").stat().st_size > 0
 
 
 @pytest.mark.parametrize("token_env, named", [({"HOME": "/nonexistent"}, "no token was found"),
@@ -151,7 +154,7 @@ def test_a_search_by_address_runs_trials_on_both_nodes_and_keeps_every_result(cl
                                               ({"RAY_AUTH_TOKEN_PATH": "/nonexistent"}, "RAY_AUTH_TOKEN_PATH=/nonexistent"),
                                               ({"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE=disabled")])
 def test_a_missing_or_wrong_token_is_one_line_that_says_what_to_set(cluster, tmp_path, token_env, named):
-    run, folders = cluster
+    run, _ = cluster
     done = run([*SEARCH, str(small_demo(tmp_path)), "--address", f"127.0.0.1:{PORT}",
                 "--output-dir", str(tmp_path / "out")], {"RAY_AUTH_MODE": None, **token_env})
     lines = done.stderr.strip().splitlines()
