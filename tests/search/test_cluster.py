@@ -9,13 +9,14 @@ checkout are: a search must not rely on the nodes sharing the driver's disk.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 import search
+from search.cluster import ClusterError, authenticate
 from search.results import OK
 
 REPO = Path(search.__file__).resolve().parent.parent
@@ -161,3 +163,15 @@ def test_a_missing_or_wrong_token_is_one_line_that_says_what_to_set(cluster, tmp
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"movinet search: error: the Ray cluster at 127.0.0.1:{PORT} ") and named in lines[0]
     assert "RAY_AUTH_TOKEN" in lines[0] or "RAY_AUTH_MODE=token" in lines[0]
+
+
+def test_an_address_where_no_ray_head_listens_is_named_as_such():
+    """A web server (the dashboard's port given by mistake, say) is told apart from a head."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ClusterError, match=f"what listens at {address} does not answer as a Ray head"):
+            authenticate(address)
+    finally:
+        server.shutdown()
