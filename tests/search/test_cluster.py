@@ -151,10 +151,11 @@ def test_a_search_by_address_runs_trials_on_both_nodes_and_keeps_every_result(cl
         assert (tune_trials / trial / "result.json").stat().st_size > 0
 
 
-@pytest.mark.parametrize("token_env, named", [({"HOME": "/nonexistent"}, "no token was found"),
-                                              ({"RAY_AUTH_TOKEN": "0" * 64}, "refused the token from RAY_AUTH_TOKEN"),
-                                              ({"RAY_AUTH_TOKEN_PATH": "/nonexistent"}, "RAY_AUTH_TOKEN_PATH=/nonexistent"),
-                                              ({"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE=disabled")])
+@pytest.mark.parametrize("token_env, named", [
+    ({"HOME": "/nonexistent"}, "no token was found"),
+    ({"RAY_AUTH_TOKEN": "0" * 64}, "refused the token from RAY_AUTH_TOKEN"),
+    ({"RAY_AUTH_TOKEN_PATH": "/nonexistent"}, "RAY_AUTH_TOKEN_PATH=/nonexistent"),
+    ({"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE=disabled")])
 def test_a_missing_or_wrong_token_is_one_line_that_says_what_to_set(cluster, tmp_path, token_env, named):
     run, _ = cluster
     done = run([*SEARCH, str(small_demo(tmp_path)), "--address", f"127.0.0.1:{PORT}",
