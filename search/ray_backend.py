@@ -51,9 +51,11 @@ def runtime_env(shipped: bool = False) -> dict:
     checkout, nor the same version of it, at this path.
     """
     package_root = Path(__file__).resolve().parent.parent   # the folder holding search/
-    path = os.pathsep.join(p for p in ((None if shipped else str(package_root)), os.environ.get("PYTHONPATH")) if p)
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1", **({"PYTHONPATH": path} if path else {})}
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", TRIAL_PROCESS: "1"}
     env.update({name: os.environ.get(name, default) for name, default in PASSED_ON.items()})
+    path = [p for p in (None if shipped else str(package_root), os.environ.get("PYTHONPATH")) if p]
+    if path:   # shipped modules come first on the workers' path (Ray puts py_modules before PYTHONPATH)
+        env["PYTHONPATH"] = os.pathsep.join(path)
     if not shipped:
         return {"env_vars": env}
     return {"env_vars": env, "py_modules": [str(package_root / name) for name in SHIPPED],
