@@ -26,7 +26,8 @@ HELP = {"--data": "synthetic | folder | csv | tfrecord (default synthetic)",
         "--val-path": "validation folder, CSV or TFRecords",
         "--stride": "take every stride-th source frame", "--fps": "resample videos to this frame rate",
         "--lr": "peak learning rate for the global batch", "--optimizer": "rmsprop | sgd | adam | adamw",
-        "--precision": "float32 | mixed_float16 | mixed_bfloat16",
+        "--precision": "auto (default: mixed_float16 on GPUs, float32 on CPUs) | float32 | mixed_float16 | "
+                       "mixed_bfloat16",
         "--strategy": "default | mirrored | multi_worker | tpu",
         "--max-seconds": "time budget: stop and evaluate once it is spent",
         "--init-checkpoint": "start from these weights (the classifier is left new)",
@@ -103,7 +104,8 @@ def run_train(args) -> int:
     result = train(args.model, args.mode, DataConfig(**data), TrainConfig(**settings), args.run_dir,
                    model_options=_model_options(args.option))
     print(f"{args.run_dir}: epoch {result['epoch']}, top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-          f"loss {result['loss']:.4f}, {result['skipped_files']} unreadable files skipped")
+          f"loss {result['loss']:.4f}, {result['skipped_files']} unreadable files skipped; "
+          f"trained on {result['device']} in {result['precision']}")
     return 0
 
 

@@ -17,11 +17,14 @@ A run writes its folder (``movinet.runfolder``: config, checkpoints, logs, histo
 running the same command again resumes after the last finished epoch. Without a folder nothing
 is written (a search trial: nobody would read it).
 
-The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no TensorFlow.
+The settings (``TrainConfig``) live in ``movinet.train_config``, which needs no TensorFlow. Its
+precision ``"auto"`` becomes a policy once the strategy's devices are known (``movinet.devices``:
+mixed float16 on GPUs, float32 on CPUs); config.yaml records the policy the run used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -36,6 +39,7 @@ from tensorflow.core.framework import summary_pb2
 from movinet import native
 from movinet.allocator import keep_freed_memory
 from movinet.data import DataConfig, DataInfo, make_datasets
+from movinet.devices import describe, resolve_precision, strategy_devices
 from movinet.metrics import batch_counts, summarize_counts
 from movinet.optimizers import FusedAdam, FusedAdamW, FusedRMSprop, FusedSGD
 from movinet.runfolder import RunFolder, build_run_model, check_resumable, model_variables, resolved_config
@@ -299,19 +303,27 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
       run_dir: the run folder; None trains without writing anything (no checkpoints, logs,
         history or final model), which cannot be resumed.
       model_options: ModelOptions fields besides the recipe's dropout, stochastic depth and L2.
-      on_epoch_end: called with each finished epoch's metrics (a search reports them to its
-        scheduler); raising from it interrupts training after that epoch's checkpoint.
+      on_epoch_end: called with each finished epoch's metrics and the ``device`` (a search
+        reports them to its scheduler); raising from it interrupts training after that epoch's
+        checkpoint.
       on_model_built: called with the model once it is built (and restored), before the first
         step; a search times it per frame there instead of building a second model.
     Returns:
       The last evaluation: top1, top5, loss (validation) with train_loss, train_top1, epoch,
-      steps, seconds, stopped_by_budget, skipped_files, params and run_dir (None without one).
+      steps, seconds, stopped_by_budget, skipped_files, params, run_dir (None without one),
+      device (``movinet.devices.describe`` of the devices trained on) and the precision used
+      (``train_config.precision``, or what ``"auto"`` chose for those devices).
     """
     spec = load_spec(model_spec_or_name)
     run_dir = None if run_dir is None else Path(run_dir)
     model_options = dict(model_options or {})
     # Multi-worker collectives must be set up before TensorFlow runs anything else.
     strategy = make_strategy(train_config.strategy, train_config.tpu_address)
+    devices = strategy_devices(strategy)
+    train_config = dataclasses.replace(train_config,
+                                       precision=resolve_precision(train_config.precision, devices))
+    if train_config.verbose:
+        print(f"training on {describe(devices)} in {train_config.precision}")
     # Before the datasets: tf.data derives its shuffle and random seeds from TF's global seed too.
     keras.utils.set_random_seed(train_config.seed)
     train_ds, val_ds, info = make_datasets(data_config)
@@ -343,7 +355,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
             on_model_built(model)
         folder.write_config(config)
         return _run_epochs(trainer, manager, epoch, folder, train_ds, val_ds, info, train_config,
-                           steps_per_epoch, on_epoch_end)
+                           steps_per_epoch, on_epoch_end, describe(devices))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         folder.close()
@@ -351,7 +363,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
 
 def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, epoch: tf.Variable,
                 folder: RunFolder, train_ds, val_ds, info: DataInfo, config: TrainConfig,
-                steps_per_epoch: int, on_epoch_end: EpochHook | None) -> dict:
+                steps_per_epoch: int, on_epoch_end: EpochHook | None, device: str) -> dict:
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else None
     train_writer, val_writer = folder.writer("train"), folder.writer("val")
@@ -397,7 +409,7 @@ def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, ep
                   + (" (time budget spent)" if stopped else ""))
         result = row
         if on_epoch_end is not None:
-            on_epoch_end(dict(row))
+            on_epoch_end({**row, "device": device})
     train_writer.flush()
     val_writer.flush()
     if folder.writes:
@@ -405,4 +417,5 @@ def _run_epochs(trainer: Trainer, manager: tf.train.CheckpointManager | None, ep
 
         save(trainer.model, folder.root / "model")
     return {**result, "stopped_by_budget": stopped, "seconds": round(time.monotonic() - started, 3),
-            "params": trainer.model.count_params(), "run_dir": None if folder.root is None else str(folder.root)}
+            "params": trainer.model.count_params(), "run_dir": None if folder.root is None else str(folder.root),
+            "device": device, "precision": config.precision}

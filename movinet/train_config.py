@@ -11,7 +11,8 @@ import dataclasses
 from movinet.options import Settings
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# "auto": the precision that suits the devices the run trains on (``movinet.devices.auto_precision``).
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -42,7 +43,7 @@ class TrainConfig(Settings):
     clipnorm: float | None = 1.0
     dropout_rate: float = 0.2
     stochastic_depth_drop_rate: float = 0.2
-    precision: str = "float32"
+    precision: str = "auto"
     jit_compile: bool = False
     strategy: str = "default"
     tpu_address: str | None = None

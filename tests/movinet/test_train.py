@@ -215,6 +215,8 @@ def test_mixed_precision_training_runs(tmp_path):
                        TrainConfig(epochs=1, precision=precision, optimizer="rmsprop", verbose=0),
                        tmp_path / precision)
         assert np.isfinite(result["train_loss"]) and np.isfinite(result["loss"])
+        assert result["precision"] == precision   # a chosen precision is kept on any device
+        assert f"precision: {precision}" in (tmp_path / precision / "config.yaml").read_text()
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -222,6 +224,8 @@ def test_mixed_precision_training_runs(tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_and_eval_from_an_init_checkpoint(tmp_path, capsys):
+    """`movinet train` starts from a checkpoint, says which devices it trained on and in what precision
+    (by default the one that suits them, which the run's config records), and `movinet eval` reads the run."""
     import movinet
     from cli import train as cli_train
     from movinet.checkpoints import load_model, save
@@ -240,9 +244,13 @@ def test_cli_train_and_eval_from_an_init_checkpoint(tmp_path, capsys):
                               "--init-checkpoint", str(tmp_path / "pretrained"), "--option", "norm_momentum=0.9",
                               "--quiet", "--run-dir", str(run_dir)])
     assert args.run(args) == 0
-    assert "epoch 1, top-1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "epoch 1, top-1" in out
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    precision = "mixed_float16" if on_gpu else "float32"
+    assert ("trained on GPU:" if on_gpu else "trained on CPU in float32") in out and out.rstrip().endswith(precision)
     config = (run_dir / "config.yaml").read_text()
-    assert "norm_momentum: 0.9" in config and "clipnorm: null" in config
+    assert "norm_momentum: 0.9" in config and "clipnorm: null" in config and f"precision: {precision}" in config
     trained = load_model(run_dir / "model")
     np.testing.assert_allclose(trained.stem.kernel.numpy(), pretrained.stem.kernel.numpy(), atol=1e-6)
     assert trained.options.num_classes == 4
@@ -265,6 +273,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import movinet
     from movinet.data import synthetic_motion
+    from movinet.devices import describe, strategy_devices
     from movinet.spec import spec_from_dict
     from movinet.train import Trainer, TrainConfig, make_optimizer, make_strategy
 
@@ -290,6 +299,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         trainer = Trainer(model, optimizer, strategy, config, global_batch_size=4, num_classes=4)
         losses = [trainer.train_step(batch)["loss"] for batch in trainer.distribute(train_batches)]
         results[name] = {"replicas": strategy.num_replicas_in_sync, "losses": losses,
+                         "devices": describe(strategy_devices(strategy)),
                          "weights": [float(np.abs(w).sum()) for w in model.get_weights()],
                          "eval": trainer.evaluate(eval_batches)}
     print("RESULT" + json.dumps(results))
@@ -304,6 +314,7 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device():
     results = json.loads(done.stdout.split("RESULT", 1)[1])
     single, mirrored = results["default"], results["mirrored"]
     assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    assert (single["devices"], mirrored["devices"]) == ("CPU", "CPU, CPU:1")
     np.testing.assert_allclose(mirrored["losses"], single["losses"], rtol=1e-5)
     assert single["losses"][0] != single["losses"][2]   # the weights did change between steps
     np.testing.assert_allclose(mirrored["weights"], single["weights"], rtol=1e-4, atol=1e-6)
