@@ -25,17 +25,20 @@ from search.cluster import ClusterError, authenticate, check_reachable
 from search.results import FAILED, OK, STOPPED, Ledger, format_row, trial_row
 from search.samplers import Sampler
 from search.space import SearchSpace
-from search.trial import TRIAL_PROCESS, TrialFn, run_trial, trial_location
+from search.trial import TRIAL_PROCESS, TrialFn, keep_off_gpus, run_trial, trial_location
 
 BACKEND = "ray"
 
 
 # Settings of the driver's environment that trials need too, with their value for trials where the
-# driver sets none: TensorFlow reads this one when it is imported, and workers on other machines do
-# not inherit it. Trials run oneDNN's kernels as `movinet search` does (the small candidates of the
+# driver sets none: TensorFlow reads them when it starts, and workers on other machines do not
+# inherit them. Trials run oneDNN's kernels as `movinet search` does (the small candidates of the
 # demo space train ~1.5x faster with them on 2 cores: 121 -> 81 ms a step), whether the search was
 # started from the command line or from Python; TF_ENABLE_ONEDNN_OPTS=0 in the driver opts out.
-PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+# A trial on a GPU takes the GPU memory it needs as it goes rather than all of it at once, so
+# trials that share a card (``resources: {gpus: 0.5}``) both fit; TF_FORCE_GPU_ALLOW_GROWTH=false
+# in the driver opts out.
+PASSED_ON = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 # The packages trials and member searches run, shipped to the nodes of a cluster joined by address.
@@ -212,6 +215,8 @@ def _fitting_trials(settings) -> int:
 
 def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
     os.environ.pop("TF_USE_LEGACY_KERAS", None)   # Ray Train sets it, which would load tf_keras, not Keras 3
+    if not ray.get_gpu_ids():
+        keep_off_gpus()
     candidate = Candidate.from_dict(config["candidate"])
     location = trial_location()
     run_trial(trial_fn, candidate, space, lambda row: tune.report({**row, **location}))

@@ -5,7 +5,8 @@
     ledger.jsonl        one line per finished trial, appended as it ends (what --resume reads)
     state.json          counters of the search (candidates rejected by the cost filter, ...)
     space.yaml          the space searched (a resumed search must search the same one)
-    trials.csv/.parquet one row per trial: metrics, status, error, spec YAML, where it ran, when it
+    trials.csv/.parquet one row per trial: metrics, status, error, spec YAML, where it ran (host,
+                        process, device: 'CPU' or e.g. 'GPU:0 NVIDIA H100 80GB HBM3'), when it
                         began and where its time went (fit_seconds: training and evaluation)
     pareto.csv/.png     the front of top-1 against multiply-adds
     best_spec.yaml      the best candidate's spec (movinet.spec.load_spec reads it)
@@ -30,7 +31,7 @@ OK, STOPPED, FAILED = "ok", "stopped", "failed"   # ran its budget / stopped ear
 METRICS = ("top1", "top5", "loss", "macs", "params", "latency_ms", "reward", "epoch", "started_at", "seconds",
            "fit_seconds", "import_seconds", "probe_seconds")
 COLUMNS = ("trial", "key", "status", "error", *METRICS, "frames", "resolution", "frame_stride",
-           "options", "point", "spec", "node_id", "hostname", "pid", "backend")
+           "options", "point", "spec", "node_id", "hostname", "pid", "device", "backend")
 
 
 def trial_row(trial: str, candidate: Candidate, metrics: Mapping | None, *, status: str,
@@ -45,7 +46,7 @@ def trial_row(trial: str, candidate: Candidate, metrics: Mapping | None, *, stat
                point=json.dumps(dict(candidate.params)), spec=dump_spec(candidate.spec),
                node_id=metrics.get("node_id", location.get("node_id")),
                hostname=metrics.get("hostname", location.get("hostname")),
-               pid=metrics.get("pid", location.get("pid")), backend=backend)
+               pid=metrics.get("pid", location.get("pid")), device=metrics.get("device"), backend=backend)
     return row
 
 

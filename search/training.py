@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 TRIAL_NORM_MOMENTUM = 0.9
 # DataConfig fields a candidate sets: its clip is part of what is searched.
 CLIP_FIELDS = ("frames", "resolution", "stride")
-REPORTED = ("epoch", "top1", "top5", "loss", "train_loss", "train_top1")
+REPORTED = ("epoch", "top1", "top5", "loss", "train_loss", "train_top1", "device")
 
 
 def data_config(space: SearchSpace, candidate: Candidate):

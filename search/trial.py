@@ -3,8 +3,9 @@
 A trial function is ``trial_fn(candidate, space, report) -> metrics``. It builds the candidate
 in stream mode, trains it on ``space.data`` within ``space.budget``, calls ``report(metrics)``
 after every epoch (schedulers such as ASHA stop trials on these) and returns the final metrics:
-``top1`` (required), ``top5``, ``loss``, ``latency_ms``, ``epoch``, and optionally where its time
-went (``fit_seconds``, ``import_seconds``, ``probe_seconds``; see ``search.training``). ``run_trial``
+``top1`` (required), ``top5``, ``loss``, ``latency_ms``, ``epoch``, and optionally the devices it
+trained on (``device``, as ``movinet.devices.describe`` names them) and where its time went
+(``fit_seconds``, ``import_seconds``, ``probe_seconds``; see ``search.training``). ``run_trial``
 completes each report with the candidate's multiply-adds, parameters and TuNAS reward, so every
 trial function is scored the same way, and with when the trial began (``started_at``, Unix time)
 and its wall time so far (``seconds``).
@@ -62,6 +63,16 @@ def hold_threads(cpus: float) -> None:
         set_threads(max(1, int(cpus)))
     except RuntimeError:   # the runtime already started in this process (Ray reuses it); keep its pools
         pass
+
+
+def keep_off_gpus() -> None:
+    """Hides every GPU from this process; call before TensorFlow initializes its devices.
+
+    For trials that ask for no GPU: Ray (2.60) sets ``CUDA_VISIBLE_DEVICES`` only for those that
+    ask for some, so the others would see, and take memory on, every GPU of their node. The CUDA
+    runtime reads the variable once, when TensorFlow first looks for GPUs.
+    """
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def stream_latency_ms(model, resolution: int, frames: int = 16, warmup: int = 3) -> float:

@@ -8,6 +8,7 @@ holds the trial process's TF_ENABLE_ONEDNN_OPTS, to see what reached it from the
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -36,3 +37,15 @@ def _mark(folder, event: str, key: str) -> None:
         with open(Path(folder) / f"{event}-{key}-{os.getpid()}-{time.monotonic_ns()}", "w") as f:
             if event == "start":
                 f.write(os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))
+
+
+GPU_SETTINGS = ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH")
+
+
+def gpu_settings_trial(candidate, space, report):
+    """``quick_trial`` that first writes what its process was given for the GPUs (``GPU_SETTINGS``,
+    None where unset) to a JSON file in ``marker_dir``."""
+    seen = {name: os.environ.get(name) for name in GPU_SETTINGS}
+    path = Path(space.data["marker_dir"]) / f"gpus-{candidate.key}-{os.getpid()}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(seen))
+    return quick_trial(candidate, space, report)

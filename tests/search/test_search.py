@@ -128,6 +128,22 @@ def test_asha_stops_weak_trials_after_an_epoch(ray_cluster, tmp_path):
     assert all(row["epoch"] == 4 for row in result.rows if row["status"] == OK)
 
 
+def test_a_trial_sees_only_the_gpus_it_asked_for_and_grows_their_memory(ray_cluster, tmp_path):
+    """The cluster's processes start with CUDA_VISIBLE_DEVICES=0 (conftest): a trial that asks for
+    no GPU has it emptied, one that asks for half of Ray's GPU sees the one Ray gave it, and both
+    let TensorFlow take GPU memory as needed rather than all of it."""
+    for gpus, visible in ((0, ""), (0.5, "0")):
+        markers = tmp_path / f"markers-{gpus}"
+        markers.mkdir()
+        path = space_file(tmp_path, data={"marker_dir": str(markers)},
+                          search={"num_trials": 1, "resources": {"cpus": 1, "gpus": gpus}})
+        result = run_search(path, output_dir=tmp_path / f"out-{gpus}", trial_fn=fakes.gpu_settings_trial,
+                            echo=quiet)
+        assert [row["status"] for row in result.rows] == [OK]
+        seen = [json.loads(marker.read_text()) for marker in markers.glob("gpus-*.json")]
+        assert seen == [{"CUDA_VISIBLE_DEVICES": visible, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}], gpus
+
+
 def test_unreachable_cluster_fails_fast():
     began = time.monotonic()
     with pytest.raises(ClusterError, match="no Ray cluster answers at 127.0.0.1:9"):
@@ -321,7 +337,7 @@ REAL_DRIVER = textwrap.dedent("""
     from search import run_search
     result = run_search({space!r}, output_dir={out!r}, address={address!r}, echo=lambda line: None)
     (row,) = result.rows
-    print(row["status"], row["error"],
+    print(row["status"], row["error"], row["device"],
           sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "optuna")))
 """)
 
@@ -329,14 +345,15 @@ REAL_DRIVER = textwrap.dedent("""
 def test_a_search_driver_never_imports_tensorflow(ray_cluster, tmp_path):
     """Only trials train: the driver checks, schedules and writes results without TensorFlow
     (importing it would delay every search by seconds), also when the classes are counted; and a
-    random search does without Optuna, which only the model-based samplers use."""
+    random search does without Optuna, which only the model-based samplers use. The trial records
+    the device it trained on (this host's CPU)."""
     path = space_file(tmp_path, data={"source": "synthetic", "num_classes": None, "train_clips": 8,
                                       "val_clips": 4, "batch_size": 4},
                       budget={"epochs": 1, "verbose": 0}, search={"num_trials": 1})
     script = REAL_DRIVER.format(space=str(path), out=str(tmp_path / "out"), address=ray_cluster)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["ok", "None", "[]"], done.stdout
+    assert done.stdout.split() == ["ok", "None", "CPU", "[]"], done.stdout
 
 
 def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path):
@@ -354,5 +371,6 @@ def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path
     assert row["fit_seconds"] + row["probe_seconds"] + row["import_seconds"] <= row["seconds"]
     table = pd.read_csv(result.folder / "trials.csv")
     assert table.loc[0, "fit_seconds"] == pytest.approx(row["fit_seconds"])
+    assert row["device"] == table.loc[0, "device"] == "CPU"
     candidate = decode(load_space(path), json.loads(row["point"]))
     assert row["params"] == candidate.cost(4).params
