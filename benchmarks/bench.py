@@ -48,13 +48,13 @@ def matmul_peak_gflops() -> dict[str, float]:
     return rates
 
 
-def ours_stream(resolution: int = 172, frames: int = 60) -> float:
+def ours_stream(resolution: int = 172, frames: int = 60, model: str = "a0") -> float:
     """The Keras stream model stepped as the official one is measured: tf.function over the state dict."""
     import tensorflow as tf
 
     import movinet
 
-    model = movinet.build_model("a0", "stream")
+    model = movinet.build_model(model, "stream")
     step = tf.function(lambda states, frame: model({**states, "image": frame}))
     states = model.init_states([1, 1, resolution, resolution, 3])
     frame = tf.random.uniform([1, 1, resolution, resolution, 3])
@@ -67,7 +67,8 @@ def ours_stream(resolution: int = 172, frames: int = 60) -> float:
     return timed(run, repeats=frames, warmup=5)
 
 
-def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: bool = False) -> float:
+def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: bool = False,
+                       model: str = "a0") -> float:
     """movinet.runners.KerasStreamRunner (what `movinet predict` steps): BN folded, states in variables;
     with ``jit_compile`` the step is one XLA executable (`movinet predict --xla`)."""
     import numpy as np
@@ -75,7 +76,7 @@ def ours_runner_stream(resolution: int = 172, frames: int = 60, jit_compile: boo
     import movinet
     from movinet import runners
 
-    runner = runners.KerasStreamRunner(movinet.build_model("a0", "stream"), resolution, jit_compile=jit_compile)
+    runner = runners.KerasStreamRunner(movinet.build_model(model, "stream"), resolution, jit_compile=jit_compile)
     frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
     return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
 
@@ -135,25 +136,41 @@ def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit
 
 def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172,
                keras_optimizer: bool = False, jit_compile: bool = False, profile: bool = False,
-               **model_options) -> float:
-    """Clips per second of A0 training steps; also prints the traced step's ops and tracing time.
+               precision: str = "float32", model: str = "a0", **model_options) -> float:
+    """Clips per second of training steps of ``model`` (A0 unless said); also prints the traced
+    step's ops and tracing time.
 
     The optimizer is what `movinet train` builds: the recipe's RMSprop (rho 0.9, momentum 0.9,
-    epsilon 1) with fused updates, or with ``keras_optimizer`` Keras's own RMSprop of the same
-    settings, to compare the two. ``jit_compile`` compiles the whole step with XLA, ``model_options``
-    change the model (e.g. ``se_type="none"``), and ``profile`` prints where a step's op time goes.
+    epsilon 1) with fused updates (and loss scaling in mixed float16), or with ``keras_optimizer``
+    Keras's own RMSprop of the same settings, to compare the two. ``jit_compile`` compiles the whole
+    step with XLA, ``precision`` is the Keras policy, ``model_options`` change the model (e.g.
+    ``se_type="none"``), and ``profile`` prints where a step's op time goes.
     """
+    import keras
+
+    from movinet.allocator import keep_freed_memory
+
+    keep_freed_memory()   # as the trainer does
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)   # as the trainer does: for the whole run
+    try:
+        return _train_rate(mode, batch, frames, resolution, keras_optimizer, jit_compile, profile, precision,
+                           model, model_options)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train_rate(mode, batch, frames, resolution, keras_optimizer, jit_compile, profile, precision, model,
+                model_options) -> float:
     import keras
     import tensorflow as tf
 
     import movinet
     from movinet import native
-    from movinet.allocator import keep_freed_memory
     from movinet.train import TrainConfig, learning_rate_schedule, make_optimizer
 
-    keep_freed_memory()   # as the trainer does
-    model = movinet.build_model("a0", mode, **model_options)
-    config, steps = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), 100
+    model = movinet.build_model(model, mode, **model_options)
+    config, steps = TrainConfig(learning_rate=1e-3, warmup_fraction=0.0, precision=precision), 100
     if keras_optimizer:
         optimizer = keras.optimizers.RMSprop(learning_rate_schedule(config, steps), rho=config.rmsprop_rho,
                                              momentum=config.momentum, epsilon=config.rmsprop_epsilon)
@@ -167,8 +184,8 @@ def ours_train(mode: str, batch: int = 8, frames: int = 8, resolution: int = 172
     @tf.function(jit_compile=jit_compile)
     def step():
         with tf.GradientTape() as tape:
-            loss = loss_fn(labels, model(clips, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
+            loss = loss_fn(labels, tf.cast(model(clips, training=True), tf.float32))
+        grads = tape.gradient(optimizer.scale_loss(loss), model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
