@@ -185,7 +185,8 @@ def _train_rate(mode, batch, frames, resolution, keras_optimizer, jit_compile, p
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, tf.cast(model(clips, training=True), tf.float32))
-        grads = tape.gradient(optimizer.scale_loss(loss), model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)   # mixed float16's loss scaling; the loss itself otherwise
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 

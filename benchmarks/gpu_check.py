@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -130,8 +131,9 @@ def child(part: str, sizes: Sizes, **job) -> list[dict]:
     done = subprocess.run(command, capture_output=True, text=True)
     rows = [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        rows.append({"error": lines[-1][:200]})
+        lines = [line.strip() for line in done.stderr.splitlines()]
+        raised = [line for line in lines if re.match(r"[\w.]+(Error|Exception|Exhausted): ", line)]
+        rows.append({"error": (raised or lines or [f"exit status {done.returncode}"])[-1][:200]})
     return rows
 
 

@@ -196,13 +196,15 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
     check_rows_are_in_space(load_space(path), after)
 
 
-def test_trials_run_onednn_unless_the_driver_opts_out(monkeypatch):
+@pytest.mark.parametrize("switch, default, opted_out", [("TF_ENABLE_ONEDNN_OPTS", "1", "0"),
+                                                       ("TF_FORCE_GPU_ALLOW_GROWTH", "true", "false")])
+def test_trials_run_onednn_and_grow_gpu_memory_unless_the_driver_opts_out(switch, default, opted_out, monkeypatch):
     from search.ray_backend import runtime_env
 
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    assert runtime_env()["env_vars"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    assert runtime_env()["env_vars"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    monkeypatch.delenv(switch, raising=False)
+    assert runtime_env()["env_vars"][switch] == default
+    monkeypatch.setenv(switch, opted_out)
+    assert runtime_env()["env_vars"][switch] == opted_out
 
 
 KERAS_IMPORT = textwrap.dedent("""
