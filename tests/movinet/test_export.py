@@ -166,13 +166,11 @@ def test_tflite_base_model_on_a_fixed_clip(tmp_path):
     np.testing.assert_allclose(steps[-1][1], np.mean(windows, axis=0), atol=1e-4)
 
 
-# Run with -I -S (no working folder, PYTHONPATH or .pth files on the path), then with the
-# site-packages where TensorFlow is, wherever they are (a .venv inside the checkout too), and the
-# project's packages refused: `import movinet` raises ImportError however the project is installed.
+# Run with -I (no working folder, PYTHONPATH or user site on the path) and the project's packages
+# refused: `import movinet` raises ImportError however the project is installed (an editable
+# install's path hook too), while the test's own site-packages stay (a .venv in the checkout too).
 RELOAD = textwrap.dedent("""
-    import site
     import sys
-    sys.path += site.getsitepackages()
     sys.modules.update(dict.fromkeys({packages!r}))
     try:
         import movinet
@@ -181,6 +179,7 @@ RELOAD = textwrap.dedent("""
         pass
     import numpy as np
     import tensorflow as tf
+    assert tf.__file__ == {tensorflow!r}, f"TensorFlow from {{tf.__file__}}, not from the test's environment"
 
     frames = np.load("frames.npy")
     stream = tf.saved_model.load("stream")
@@ -211,8 +210,8 @@ def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     np.save(tmp_path / "frames.npy", frames)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    subprocess.run([sys.executable, "-I", "-S", "-c", RELOAD.format(packages=PROJECT_PACKAGES)], cwd=tmp_path, env=env,
-                   check=True, timeout=300)
+    script = RELOAD.format(packages=PROJECT_PACKAGES, tensorflow=tf.__file__)
+    subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, check=True, timeout=300)
 
     expected = frame_logits(stream, frames)
     gap = np.abs(np.load(tmp_path / "stream_logits.npy") - expected).max()
