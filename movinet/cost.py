@@ -10,6 +10,7 @@ are left out.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import lru_cache
 from typing import Any, Mapping, NamedTuple
 
@@ -40,7 +41,7 @@ def downsampled(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def _stream_buffer(kt: int, expand: int, h: int, w: int, ho: int, wo: int,
+def stream_buffer(kt: int, expand: int, h: int, w: int, ho: int, wo: int,
                    separable: bool) -> tuple[int, int, int, int]:
     """Frames, height, width and channels of the input a causal depthwise conv keeps between calls.
 
@@ -197,9 +198,7 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
                 stats += 2 * cout
                 macs += pixels * cin * cout
             if causal:
-                # _stream_buffer's elements, inlined (~4% of the time here): kt - 1 frames after (2+1)D's
-                # stride, before 3D's; test_state_size_matches_state_shapes keeps the two equal
-                state = (kt - 1) * (ho * wo if separable else h * w) * e if kt > 1 else 0
+                state = math.prod(stream_buffer(kt, e, h, w, ho, wo, separable)) if kt > 1 else 0
                 if pool_state:
                     state += e
                 counters = pool_counters
@@ -234,7 +233,7 @@ def state_shapes(spec: "ModelSpec | str", options: ModelOptions, batch: int, hei
         ho, wo = downsampled(h, stride), downsampled(w, stride)
         e, kt = layer.expand, layer.kernel[0]
         if kt > 1:
-            buffer = _stream_buffer(kt, e, h, w, ho, wo, options.separable)
+            buffer = stream_buffer(kt, e, h, w, ho, wo, options.separable)
             shapes[f"{prefix}_stream_buffer"] = ((batch, *buffer), "float32")
         if "3d" in options.se_type:
             shapes[f"{prefix}_pool_buffer"] = ((batch, 1, 1, 1, e), "float32")
