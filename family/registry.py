@@ -17,7 +17,7 @@ import yaml
 
 from family.scaling import FamilyError, FamilyReader
 from movinet.cost import cost
-from movinet.spec import InputSpec, ModelSpec, SpecError, load_spec, named_specs
+from movinet.spec import InputSpec, ModelSpec, SpecError, load_spec, named_specs, read_yaml
 
 KINDS = {"resolution": "ResolutionEnsemble", "temporal": "TemporalEnsemble"}
 ENSEMBLE_FILE = "ensemble.yaml"
@@ -49,10 +49,7 @@ def load_ensembles(path: "str | Path | None" = None) -> dict[str, EnsembleEntry]
     ``{name: N, spec: S}`` (a temporal ensemble repeats one spec under two names)."""
     path = Path(path or default_ensembles_path())
     r = FamilyReader(str(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise FamilyError(f"{path}: cannot read the ensembles ({err})") from None
+    data = read_yaml(path, "ensembles", FamilyError) or {}
     if not isinstance(data, Mapping):
         r.fail("", "expected a mapping of ensemble names to their kind, members and input")
     entries = {}
@@ -222,10 +219,7 @@ def load(directory: "str | Path"):
     if not path.exists():
         return checkpoints.load_model(directory)
     r = FamilyReader(str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise FamilyError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, "ensemble", FamilyError)
     r.mapping(data, "", ("name", "kind", "members"), ("mode", "resolutions"))
     if data["kind"] not in KINDS:
         r.fail("kind", f"expected one of {list(KINDS)}, got {data['kind']!r}")

@@ -38,7 +38,7 @@ from typing import Mapping
 import yaml
 
 from movinet.cost import cost, make_divisible
-from movinet.spec import SpecError, SpecReader, SpecDumper, load_spec
+from movinet.spec import SpecDumper, SpecError, SpecReader, load_spec, read_yaml
 from search.space import BlockChoices, LayerChoices, SearchSpace, load_space, space_to_dict
 
 COEFFICIENTS = ("depth", "width", "resolution", "frame_rate")
@@ -107,13 +107,7 @@ class FamilyReader(SpecReader):
 def load_family(path: "str | Path | None" = None) -> Family:
     """Reads a family file (default ``specs/family/coefficients.yaml``) and its base space."""
     path = Path(path or default_family_path())
-    if not path.exists():
-        raise FamilyError(f"{path}: no such family file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise FamilyError(f"{path}: not valid YAML: {err}") from None
-    return family_from_dict(data, source=str(path), folder=path.parent)
+    return family_from_dict(read_yaml(path, "family", FamilyError), source=str(path), folder=path.parent)
 
 
 def family_from_dict(data: Mapping, source: str = "<family>", folder: "str | Path" = ".") -> Family:

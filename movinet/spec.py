@@ -159,6 +159,14 @@ class SpecReader:
             self.fail(path, f"expected a positive integer, got {value!r}")
         return value
 
+    def stem_kernel_stride(self, stem: Mapping, path: str) -> tuple[Triple, Triple]:
+        """The stem's kernel and stride (default [1, 3, 3] and [1, 2, 2]); the stem convolves each
+        frame on its own, so its temporal kernel is 1."""
+        kernel = self.triple(stem.get("kernel", [1, 3, 3]), f"{path}.kernel")
+        if kernel[0] != 1:
+            self.fail(f"{path}.kernel", "the stem is a per-frame convolution: its temporal kernel must be 1")
+        return kernel, self.triple(stem.get("stride", [1, 2, 2]), f"{path}.stride", allowed=(1, 2))
+
     def triple(self, value, path: str, allowed: Sequence[int] | None = None) -> Triple:
         if (not isinstance(value, (list, tuple)) or len(value) != 3
                 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
@@ -177,13 +185,8 @@ def spec_from_dict(data: Mapping, source: str = "<spec>") -> ModelSpec:
         r.fail("name", f"expected a non-empty string, got {name!r}")
 
     stem = r.mapping(data["stem"], "stem", ("filters",), ("kernel", "stride"))
-    stem_spec = StemSpec(
-        filters=r.positive_int(stem["filters"], "stem.filters"),
-        kernel=r.triple(stem.get("kernel", [1, 3, 3]), "stem.kernel"),
-        stride=r.triple(stem.get("stride", [1, 2, 2]), "stem.stride", allowed=(1, 2)),
-    )
-    if stem_spec.kernel[0] != 1:
-        r.fail("stem.kernel", "the stem is a per-frame convolution: its temporal kernel must be 1")
+    filters = r.positive_int(stem["filters"], "stem.filters")
+    stem_spec = StemSpec(filters, *r.stem_kernel_stride(stem, "stem"))
 
     blocks = data["blocks"]
     if not isinstance(blocks, list) or not blocks:
@@ -262,6 +265,18 @@ def dump_spec(spec: ModelSpec) -> str:
     return yaml.dump(spec.to_dict(), Dumper=SpecDumper, sort_keys=False, width=120)
 
 
+def read_yaml(path: "str | os.PathLike", what: str, error: type[SpecError] = SpecError):
+    """The data of the YAML file ``path``; ``error`` names the file when it is missing (a ``what``
+    file) or not valid YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such {what} file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
 def spec_from_yaml(text: str, source: str = "<yaml>") -> ModelSpec:
     try:
         data = yaml.safe_load(text)
@@ -290,9 +305,7 @@ def load_spec(name_or_path: "str | os.PathLike | ModelSpec") -> ModelSpec:
         if not path.exists():
             raise SpecError(f"unknown model {text!r}: known names are {named_specs()}, "
                             "or give the path of a spec YAML file")
-    if not path.exists():
-        raise SpecError(f"{path}: no such spec file")
-    return spec_from_yaml(path.read_text(), source=str(path))
+    return spec_from_dict(read_yaml(path, "spec"), source=str(path))
 
 
 def save_spec(spec: ModelSpec, path: "str | os.PathLike") -> Path:

@@ -48,7 +48,7 @@ import yaml
 
 from movinet.cost import make_divisible
 from movinet.options import ModelOptions
-from movinet.spec import ModelSpec, SpecError, Triple, SpecReader
+from movinet.spec import ModelSpec, SpecError, SpecReader, Triple, read_yaml
 
 ALGORITHMS = ("random", "grid", "tpe", "multi_objective")
 SCHEDULERS = ("asha", "none")
@@ -398,9 +398,7 @@ def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
     space = r.mapping(data["space"], "space", ("input", "stem", "blocks", "head"), ("options",))
     inp = r.mapping(space["input"], "space.input", ("resolution", "frames"), ("frame_stride",))
     stem = r.mapping(space["stem"], "space.stem", ("filters",), ("kernel", "stride"))
-    stem_kernel = r.triple(stem.get("kernel", [1, 3, 3]), "space.stem.kernel")
-    if stem_kernel[0] != 1:
-        r.fail("space.stem.kernel", "the stem is a per-frame convolution: its temporal kernel must be 1")
+    stem_kernel, stem_stride = r.stem_kernel_stride(stem, "space.stem")
     blocks = space["blocks"]
     if not isinstance(blocks, list) or not blocks:
         r.fail("space.blocks", "expected a non-empty list of blocks")
@@ -415,7 +413,7 @@ def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
         frame_stride=r.int_choices(inp.get("frame_stride", 1), "space.input.frame_stride"),
         stem_filters=r.int_choices(stem["filters"], "space.stem.filters"),
         stem_kernel=stem_kernel,
-        stem_stride=r.triple(stem.get("stride", [1, 2, 2]), "space.stem.stride", allowed=(1, 2)),
+        stem_stride=stem_stride,
         blocks=tuple(_block_choices(r, block, f"space.blocks[{b}]") for b, block in enumerate(blocks)),
         project_filters=r.int_choices(head["project_filters"], "space.head.project_filters"),
         head_filters=r.int_choices(head["head_filters"], "space.head.head_filters"),
@@ -436,14 +434,7 @@ def _open_fields(value) -> tuple:
 def load_space(path: "str | Path | SearchSpace") -> SearchSpace:
     if isinstance(path, SearchSpace):
         return path
-    path = Path(path)
-    if not path.exists():
-        raise SpaceError(f"{path}: no such search space file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from None
-    return space_from_dict(data, source=str(path))
+    return space_from_dict(read_yaml(path, "search space", SpaceError), source=str(path))
 
 
 def space_to_dict(space: SearchSpace) -> dict:
