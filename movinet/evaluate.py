@@ -17,7 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from movinet.data import DataConfig, make_datasets
 from movinet.metrics import batch_counts, summarize_counts
+from movinet.runfolder import restore_run_model
 
 
 def clip_logits(model: keras.Model):
@@ -103,9 +105,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, frame_by_frame: bool | None = No
     Returns:
       top1, top5, loss, count, the confusion matrix, and the paths written.
     """
-    from movinet.data import DataConfig, make_datasets
-    from movinet.runfolder import restore_run_model
-
     model, config = restore_run_model(run_dir)
     data = DataConfig.from_dict({**config["data"], **dict(data_overrides or {})})
     _, val_ds, info = make_datasets(data)

@@ -8,10 +8,11 @@ whole batch.
 
 The recipe follows the official Kinetics training configs (MoViNets, arXiv 2103.11511): RMSprop
 (rho 0.9, momentum 0.9, epsilon 1.0), cosine decay after a linear warm-up, label smoothing 0.1,
-L2 weight decay 3e-5 (an L2 of half that on conv kernels), clipnorm 1.0, dropout and stochastic depth 0.2. The learning rate is for the global batch; the
-official 1.8 is for 1024 clips over 85785 steps, while the default 0.1 suits the batches of 8-16
-and the few thousand steps of CPU runs (it reaches 90% on the synthetic set in 6 epochs of 64
-steps, where the linearly scaled 0.014 stays near chance).
+L2 weight decay 3e-5 (an L2 of half that on conv kernels), clipnorm 1.0, dropout and stochastic
+depth 0.2. The learning rate is for the global batch; the official 1.8 is for 1024 clips over
+85785 steps, while the default 0.1 suits the batches of 8-16 and the few thousand steps of CPU
+runs (it reaches 90% on the synthetic set in 6 epochs of 64 steps, where the linearly scaled
+0.014 stays near chance).
 
 A run writes its folder (``movinet.runfolder``: config, checkpoints, logs, history, final model);
 running the same command again resumes after the last finished epoch. Without a folder nothing
