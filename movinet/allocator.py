@@ -2,10 +2,9 @@
 
 By default glibc serves every allocation over 32 MiB (and, once trimmed, the heap's top) with
 fresh pages from the kernel, so each training step page-faults its largest activations and
-gradients in again: on this project's 2-core host an element-wise op over a 45 MB tensor ran at
-half speed, and A0 stream training went 8.2 -> 11.7 clips/s with the pages kept
-(results/benchmarks.md). ``keep_freed_memory()`` turns mmap'd chunks and heap trimming off, so
-the resident memory stays at the run's peak instead of breathing with every step.
+gradients in again, and element-wise ops over them run at the speed of the page faults.
+``keep_freed_memory()`` turns mmap'd chunks and heap trimming off, so the resident memory stays
+at the run's peak instead of breathing with every step.
 
 It is process-wide and applies to later allocations; ``MOVINET_KEEP_FREED_MEMORY=0`` leaves the
 allocator alone. Other C libraries (musl, macOS) are left as they are.

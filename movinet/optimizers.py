@@ -4,10 +4,9 @@ Keras 3 writes each variable's update as a chain of element-wise ops (RMSprop wi
 about a dozen ops and three assignments per variable). An A0 has ~250 trainable variables, so
 the optimizer alone put ~4,500 ops into every training step: a third of the graph, traced at the
 start of every run and executed as that many small kernels at every step. TensorFlow's fused
-``ResourceApply*`` kernels compute the same update in one op per variable. On 2 CPU cores that
-cut the A0 stream training graph from 13.1k to 8.6k ops and its tracing from 14.5 s to 9.8 s;
-its throughput rose 13-15% in two alternating pairs of runs, a gain inside that host's spread
-between processes (``results/benchmarks.md``, 2026-12-02).
+``ResourceApply*`` kernels compute the same update in one op per variable: a smaller graph to
+trace at the start of a run and fewer kernels to launch at every step
+(``python benchmarks/start_bench.py`` times the start of a run).
 
 The slots, their names and the checkpoint layout are the Keras optimizers' own (these are
 subclasses that change only ``update_step``), so checkpoints move between the two freely.

@@ -12,7 +12,7 @@ def set_threads(threads: int) -> None:
 
     Call it before TensorFlow runs anything in the process (it raises RuntimeError after, unless
     the pools already have that size). A batch-1 stream step is a chain of small ops: on a 2-core
-    CPU, one thread can be the faster choice (``results/benchmarks.md``) and leaves a core to decoding.
+    CPU, one thread can be the faster choice (``docs/performance.md``) and leaves a core to decoding.
     """
     import tensorflow as tf
 

@@ -1,39 +1,13 @@
 """Search spaces: a YAML file of architecture choices, a cost target and how to search them.
 
-A space is a set of MoViNet specs (``movinet.spec``) plus the clip each is trained on, written as
-choices per field; a search samples points of it, keeps those whose multiply-adds lie in the cost
-window, and trains them (MoViNets, arXiv 2103.11511, Sec. 3.1, which searches with TuNAS).
-
-YAML layout (see ``specs/spaces/demo.yaml``)::
-
-    name: demo                               # results go to <output-dir>/<name>/
-    space:
-      input: {resolution: [32, 40], frames: [8], frame_stride: [1, 2]}
-      stem: {filters: [8, 16]}               # kernel, stride: fixed, optional
-      blocks:
-      - filters: [16, 24]                    # output width of every layer in the block
-        depth: [1, 2]                        # inclusive range [min, max], or one integer
-        stride: 2                            # spatial stride of the block's first layer (or choices)
-        expand_ratio: [2.0, 3.0]             # per-layer choices, times filters, rounded to 8
-        kernel: [[1, 5, 5], [3, 3, 3]]       # per-layer choices of (t, h, w)
-        layers:                              # optional per-layer choices, by position; they
-        - {expand: [24], kernel: [[1, 5, 5]]}  # override the block's (expand: absolute widths)
-      head: {project_filters: [64, 128], head_filters: [128]}
-      options: {se_type: [2plus3d, none]}    # movinet.options.ModelOptions fields (stream mode)
-    objective:
-      metric: reward                         # what single-objective searches maximize: reward | top1
-      target_macs: 2.0e6                     # multiply-adds of one clip (frames x resolution^2)
-      window: 0.25                           # train only candidates within target * (1 +- window)
-      beta: -0.5                             # TuNAS absolute reward: top1 + beta * |macs/target - 1|
-    data: {source: synthetic}                # movinet.data.DataConfig fields
-    budget: {epochs: 2}                      # training budget of one trial
-    search:
-      algorithm: random                      # random | grid | tpe | multi_objective
-      scheduler: none                        # asha | none
-      num_trials: 8
-      seed: 0
-      resources: {cpus: 1, gpus: 0}          # per trial
-      max_concurrent: null                   # trials at once (default: as many as resources allow)
+The file format, field by field, is documented in docs/search.md (its one home); the demo is
+``specs/spaces/demo.yaml``. A space is a set of MoViNet specs (``movinet.spec``) plus the clip each
+is trained on, written as choices per field; a search samples points of it, keeps those whose
+multiply-adds lie in the cost window, and trains them (MoViNets, arXiv 2103.11511, Sec. 3.1, which
+searches with TuNAS). ``space_from_dict`` validates a file into a frozen ``SearchSpace``, with errors
+that name the file and the field path; ``params`` flattens it into the categorical parameters the
+samplers draw, a layer's parameters active only below its block's sampled depth; the ``data`` and
+``budget`` sections pass through to the trainer unchecked here (``search.training`` checks them).
 """
 
 from __future__ import annotations
