@@ -1,7 +1,7 @@
 """A stream model as a pipeline of consecutive stages, one thread each: more frames per second.
 
 A stream step is a chain of small ops that one core runs about as fast as two (a batch-1 step
-does not split well inside an op; ``results/benchmarks.md``). Cut between layers instead: stage
+does not split well inside an op; ``docs/performance.md``). Cut between layers instead: stage
 1 (stem and the first blocks) of frame t+1 runs while stage 2 (the later blocks, head and
 classifier) finishes frame t. Each stage carries only its own layers' states, so every frame
 still sees exactly the states of the frames before it, and the logits are those of the whole
@@ -13,10 +13,8 @@ slowest stage's.
     for logits in runner.run(frames):   # [H, W, 3] each, in order; logits [classes] each
         ...
 
-A0 at 172x172 with XLA on a 2-core Xeon: 7.3-7.9 ms between frames against 10.5-12.5 for the
-whole step, 1.44-1.58x, with TensorFlow's pools at one thread or at their default alike
-(``python benchmarks/pipeline_bench.py``). Two stages suit two cores; more stages than cores only
-add hand-overs.
+``python benchmarks/pipeline_bench.py`` times it beside the whole step (figures in
+``docs/performance.md``). Two stages suit two cores; more stages than cores only add hand-overs.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ def layer_weights(model, height: int, width: int) -> list[float]:
     At batch 1 a unit's time is mostly fixed costs and memory traffic, not multiply-adds: the
     constants are a least-squares fit (non-negative) to A0's per-unit times at 172x172 on a
     2-core Xeon, XLA, one thread (stem 0.97 ms, block0 0.89, later blocks 0.30-0.55, head and
-    classifier 0.86; ``results/benchmarks.md``), with a multiply-add term the fit could not
+    classifier 0.86), with a multiply-add term the fit could not
     resolve at A0's sizes set to 20 GMAC/s, and the stem's own (its 3-channel convolution runs
     at a tenth of that; the fit missed it by 0.4 ms). ``split`` overrides the balance they give.
     """

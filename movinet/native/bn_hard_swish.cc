@@ -7,7 +7,7 @@
 // are shifted by the first row, so a channel with a large mean keeps its variance.
 //
 // hard_swish(z) = z * relu6(z + 3) / 6 and its slope (0 at z <= -3, 1 at z >= 3, z/3 + 1/2
-// between) follow TF's Relu6 and Relu6Grad, as movinet/layers.py computes them.
+// between) follow TF's Relu6 and Relu6Grad, as movinet/ops.py computes them.
 
 #include <cmath>
 
