@@ -134,15 +134,21 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
       frames, resolution: the clip (defaults: the spec's published input). ``resolution`` is
         an int (square) or (height, width).
       options: fully resolved build options; else ``overrides`` on top of ``mode``'s defaults.
+
+    Raises:
+      ValueError: a clip of no frames or no pixels (zero or negative ``frames`` or ``resolution``).
     """
     spec = load_spec(spec)
     options = options or _resolve_options(spec, mode, overrides)
     if frames is None or resolution is None:
         if spec.input is None:
             raise ValueError(f"spec {spec.name!r} has no published input: give frames and resolution")
-        frames = frames or spec.input.frames
-        resolution = resolution or spec.input.resolution
+        frames = spec.input.frames if frames is None else frames
+        resolution = spec.input.resolution if resolution is None else resolution
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if frames < 1 or min(height, width) < 1:   # such a clip would cost zero or less
+        bad = f"frames={frames}" if frames < 1 else f"resolution={resolution}"
+        raise ValueError(f"{bad}: expected a positive number")
     causal = options.causal
     t = frames
     layers = []

@@ -76,3 +76,11 @@ def test_options_resolve_from_each_call_settings():
     assert movinet.cost(spec, "base", num_classes=1).options.num_classes == 1
     with pytest.raises(ValueError, match="num_classes"):
         movinet.cost(spec, "base", num_classes=True)
+
+
+@pytest.mark.parametrize("flag, value", [("--frames", "0"), ("--resolution", "0"), ("--frames", "-3")])
+def test_info_of_a_clip_of_no_frames_or_pixels_is_an_error(flag, value, capsys):
+    from cli.main import main
+
+    assert main(["info", "t0", flag, value]) == 2
+    assert capsys.readouterr().err == f"movinet info: error: {flag[2:]}={value}: expected a positive number\n"
