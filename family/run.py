@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from family.scaling import Family, load_family, scale_space
 from search import SearchResult, run_search
+from search.run import holds_search
 
 
 def member_names(family: Family, which: "str | Sequence[str]") -> list[str]:
@@ -40,7 +41,8 @@ def search_members(which: "str | Sequence[str]" = "all", *, family: "Family | st
         results = {}
         for name in names:
             echo(f"family {family.name}: member {name}, target {spaces[name].objective.target_macs / 1e9:.2f} GMACs")
-            results[name] = run_search(spaces[name], address=address, num_cpus=num_cpus, echo=echo, **kwargs)
+            results[name] = run_search(spaces[name], address=address, num_cpus=num_cpus, echo=echo,
+                                       **_resumed_if_started(spaces[name], kwargs))
         return results
     if backend != "ray":
         raise ValueError(f"parallel member searches run on Ray; backend={backend!r} runs one search at a time")
@@ -59,13 +61,21 @@ def _search_on_ray(spaces, address, num_cpus, echo, kwargs) -> dict[str, SearchR
         # each member's driver runs on this node, so its results folder is on this machine's disk
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         remote = ray.remote(num_cpus=0, scheduling_strategy=here)(_run_member)
-        pending = {name: remote.remote(space, kwargs) for name, space in spaces.items()}
+        pending = {name: remote.remote(space, _resumed_if_started(space, kwargs))
+                   for name, space in spaces.items()}
         echo(f"searching {', '.join(pending)} at once on Ray; results go to "
              f"{', '.join(str(Path(kwargs['output_dir']) / s.name) for s in spaces.values())}")
         return {name: ray.get(ref) for name, ref in pending.items()}
     finally:
         if started:
             shutdown()
+
+
+def _resumed_if_started(space, kwargs) -> dict:
+    """A resumed family search starts the members it had not reached yet."""
+    if not kwargs.get("resume"):
+        return kwargs
+    return {**kwargs, "resume": holds_search(Path(kwargs["output_dir"]) / space.name)}
 
 
 def _run_member(space, kwargs) -> SearchResult:

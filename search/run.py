@@ -69,7 +69,8 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     Args:
       backend: 'ray' (local Ray, or the cluster at ``address``) or 'kerastuner' (this process).
       resume: continue the search recorded in the output folder; finished trials are kept and
-        not run again. Without it, a folder that already holds trials is an error.
+        not run again. With it, a folder that holds no search is an error; without it, a folder
+        that already holds trials is.
       num_trials, algorithm, scheduler, cpus, gpus: override the file's ``search`` section.
       num_cpus: CPUs of the local Ray (default: all).
       trial_fn: the trial contract (``search.trial``); default trains with ``movinet.train``.
@@ -130,7 +131,14 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     return SearchResult(folder=folder, rows=rows, rejected=sampler.rejected, written=written, timings=timings)
 
 
+def holds_search(folder: Path) -> bool:
+    """Whether ``folder`` holds a search that ``resume`` continues: a search writes its space first."""
+    return (folder / "space.yaml").exists()
+
+
 def _check_folder(folder: Path, space: SearchSpace, rows: list[dict], resume: bool) -> None:
+    if resume and not holds_search(folder):
+        raise SearchError(f"--resume: {folder} holds no search to continue; drop --resume to start one")
     if rows and not resume:
         raise SearchError(f"{folder} already holds {len(rows)} finished trials: pass --resume to continue "
                           "that search, or give another --output-dir")

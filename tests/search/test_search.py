@@ -196,6 +196,16 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_finished_trials(ray
     check_rows_are_in_space(load_space(path), after)
 
 
+def test_resume_into_a_folder_without_a_search_is_an_error(tmp_path):
+    path = space_file(tmp_path)
+    (tmp_path / "empty" / "tiny").mkdir(parents=True)
+    for out in (tmp_path / "empty", tmp_path / "nowhere"):
+        with pytest.raises(SearchError, match=f"--resume: {out / 'tiny'} holds no search to continue"):
+            run_search(path, backend="kerastuner", output_dir=out, resume=True, trial_fn=fakes.quick_trial,
+                       echo=quiet)
+    assert not (tmp_path / "nowhere").exists() and not any((tmp_path / "empty" / "tiny").iterdir())
+
+
 @pytest.mark.parametrize("switch, default, opted_out", [("TF_ENABLE_ONEDNN_OPTS", "1", "0"),
                                                        ("TF_FORCE_GPU_ALLOW_GROWTH", "true", "false")])
 def test_trials_run_onednn_and_grow_gpu_memory_unless_the_driver_opts_out(switch, default, opted_out, monkeypatch):
