@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from search.candidate import check_feasible
-from search.results import Ledger, row_candidate, row_result, summary_table, write_results
+from search.results import FAILED, Ledger, row_candidate, row_result, summary_table, write_results
 from search.samplers import make_sampler
 from search.space import SearchSpace, dump_space, load_space, space_from_dict, space_to_dict
 from search.trial import TrialFn
@@ -74,6 +74,10 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
       num_trials, algorithm, scheduler, cpus, gpus: override the file's ``search`` section.
       num_cpus: CPUs of the local Ray (default: all).
       trial_fn: the trial contract (``search.trial``); default trains with ``movinet.train``.
+
+    Raises:
+      SearchError: the search cannot start, or every one of its trials failed (after the
+        results are written).
     """
     began = time.monotonic()
     if backend not in BACKENDS:
@@ -128,6 +132,9 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     if "best_spec.yaml" in written:
         echo(f"best spec: {written['best_spec.yaml']}")
     echo(f"results: {folder}")
+    if rows and all(row["status"] == FAILED for row in rows):
+        raise SearchError(f"all {len(rows)} trials failed, the first with {rows[0]['error']}; "
+                          f"their errors are in {folder / 'trials.csv'}")
     return SearchResult(folder=folder, rows=rows, rejected=sampler.rejected, written=written, timings=timings)
 
 

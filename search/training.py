@@ -144,12 +144,14 @@ def train_candidate(spec: ModelSpec | str, mode: str = "stream", data_config: Da
 
 def check_training_sections(space: SearchSpace) -> SearchSpace:
     """Checks ``data`` and ``budget`` against the trainer's settings and fills in the number of
-    classes (the classifier's width, which the cost filter counts) from the data itself.
+    classes (the classifier's width, which the cost filter counts) from the data itself. The data's
+    source and paths are checked even where the space gives the number of classes, for every
+    trial would otherwise start only to fail on them.
 
     Runs in the search driver, which trains nothing: the settings are checked without TensorFlow,
     which only a data source that must be read to count its classes (not synthetic) imports.
     """
-    from movinet.data.config import DataConfig, synthetic_classes
+    from movinet.data.config import DataConfig, check_paths_exist, synthetic_classes
     from movinet.data.errors import DataError
     from movinet.train_config import TrainConfig, TrainError
 
@@ -164,11 +166,12 @@ def check_training_sections(space: SearchSpace) -> SearchSpace:
         TrainConfig.from_dict(dict(space.budget))
     except (TrainError, TypeError) as err:
         raise SpaceError(f"{space.source}: budget: {err}") from None
-    if space.num_classes is not None:
-        return space
     clip = {"frames": space.frames[0], "resolution": space.resolution[0], "stride": space.frame_stride[0]}
     try:
         config = DataConfig(**{**space.data, **clip})
+        check_paths_exist(config)
+        if space.num_classes is not None:
+            return space
         if config.source == "synthetic":
             num_classes = synthetic_classes(config)
         else:

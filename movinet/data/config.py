@@ -7,6 +7,7 @@ A search driver validates its ``data`` section with these alone, so it never imp
 from __future__ import annotations
 
 import dataclasses
+import glob
 
 from movinet.data.errors import DataError
 from movinet.options import Settings
@@ -86,6 +87,14 @@ class DataConfig(Settings):
             return self.min_image_size
         return self.resolution if self.source == "synthetic" else round(self.resolution * SHORT_SIDE_RATIO)
 
+
+
+def check_paths_exist(config: DataConfig) -> None:
+    """The data's files are there (a TFRecord path may be a glob), without reading them: what a
+    search driver that is given ``num_classes`` can check before any trial starts."""
+    for path in (config.path, config.val_path):
+        if path is not None and not glob.glob(path):
+            raise DataError(f"{path}: no such {config.source} data (no file or folder there)")
 
 
 def check_batch_fits(batch_size: int, num_train: int) -> None:

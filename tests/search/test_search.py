@@ -18,7 +18,7 @@ import yaml
 
 import fakes
 from movinet.spec import load_spec
-from search import SearchError, decode, load_space, run_search
+from search import SearchError, SpaceError, decode, load_space, run_search
 from search.candidate import candidate_macs
 from search.cluster import ClusterError, check_reachable
 from search.results import FAILED, OK, STOPPED, Ledger
@@ -204,6 +204,27 @@ def test_resume_into_a_folder_without_a_search_is_an_error(tmp_path):
             run_search(path, backend="kerastuner", output_dir=out, resume=True, trial_fn=fakes.quick_trial,
                        echo=quiet)
     assert not (tmp_path / "nowhere").exists() and not any((tmp_path / "empty" / "tiny").iterdir())
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "videos"}, "data: source='videos': expected one of"),
+    ({"source": "folder", "path": "no/such/folder"}, "data: no/such/folder: no such folder data"),
+    ({"source": "csv", "path": str(TINY), "val_path": "no/val.csv"}, "data: no/val.csv: no such csv data")])
+def test_data_that_every_trial_would_fail_on_stops_the_search_before_it_starts(data, message, tmp_path):
+    path = space_file(tmp_path, data=data)   # num_classes stays set: the classes need not be counted
+    with pytest.raises(SpaceError, match=message):
+        run_search(path, backend="kerastuner", output_dir=tmp_path / "out", echo=quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_search_whose_trials_all_fail_is_an_error_with_its_results_written(tmp_path):
+    path = space_file(tmp_path, space={"input": {"resolution": [40], "frames": [4]}},
+                      data={"crash_resolution": 40})
+    with pytest.raises(SearchError, match=r"all 3 trials failed, the first with RuntimeError: injected crash"):
+        run_search(path, backend="kerastuner", num_trials=3, output_dir=tmp_path / "out",
+                   trial_fn=fakes.quick_trial, echo=quiet)
+    table = pd.read_csv(tmp_path / "out" / "tiny" / "trials.csv")
+    assert list(table["status"]) == [FAILED] * 3
 
 
 @pytest.mark.parametrize("switch, default, opted_out", [("TF_ENABLE_ONEDNN_OPTS", "1", "0"),
