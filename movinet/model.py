@@ -42,6 +42,14 @@ class StateError(ValueError):
     """A state dict that does not fit the model: names the missing, unexpected or misshaped states."""
 
 
+def _image_of(inputs: Mapping, model_name: str) -> str:
+    """The key of the frames in a dict of inputs: states come with the frames, never alone."""
+    if "image" not in inputs:
+        raise StateError(f"{model_name}: the inputs hold {len(inputs)} states but no \"image\" "
+                         "(the frames to run): call the model with {**states, \"image\": frames}")
+    return "image"
+
+
 @keras.saving.register_keras_serializable(package="movinet")
 class MovinetClassifier(keras.Model):
     """A MoViNet backbone and classifier built from ``spec`` with ``options``."""
@@ -70,7 +78,7 @@ class MovinetClassifier(keras.Model):
 
     def build(self, input_shape=None):
         if isinstance(input_shape, dict):
-            input_shape = input_shape["image"]
+            input_shape = input_shape[_image_of(input_shape, self.spec.name)]
         input_shape = tuple(input_shape or (None, None, None, None, 3))
         spec = self.spec
         self.stem.build(input_shape)
@@ -123,7 +131,7 @@ class MovinetClassifier(keras.Model):
 
     def call(self, inputs, training=None):
         if isinstance(inputs, Mapping):
-            image = inputs["image"]
+            image = inputs[_image_of(inputs, self.spec.name)]
             states = {name: value for name, value in inputs.items() if name != "image"}
             if states:
                 self.check_states(states, image.shape)

@@ -153,6 +153,10 @@ def test_bad_state_dicts_are_named():
     wrong = dict(states, state_head_pool_buffer=tf.zeros([1, 1, 1, 1, 7]))
     with pytest.raises(StateError, match=r"state_head_pool_buffer has shape \[1, 1, 1, 1, 7\]"):
         model({**wrong, "image": frame})
+    for unbuilt in (False, True):   # a first call builds the model from the inputs' shapes
+        called = movinet.build_model("a0", "stream", num_classes=3) if unbuilt else model
+        with pytest.raises(StateError, match=r"a0: the inputs hold \d+ states but no \"image\""):
+            called(states)
     with pytest.raises(StateError, match="base"):
         movinet.build_model("t0", "base")({**movinet.build_model("t0", "stream").init_states(
             [1, 1, 32, 32, 3]), "image": frame})
