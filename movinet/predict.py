@@ -26,6 +26,9 @@ from movinet.pipeline import PipelinedStreamRunner
 from movinet.runners import ExportError, TFLiteStreamRunner, running_logits
 
 DEFAULT_FPS = 5.0
+SPEC_SUFFIXES = (".yaml", ".yml")
+MODEL_KINDS = ("a published name (a0..a5, t0), a spec YAML file, a .tflite file or a directory written by "
+               "movinet.checkpoints.save")
 
 
 class VideoError(ValueError):
@@ -123,6 +126,8 @@ def load_model(model: str, *, checkpoint: str | None = None, mode: str = "stream
         if checkpoint:
             raise ValueError(f"{model}: a saved model directory holds its weights; drop --checkpoint")
         return checkpoints.load_model(path)
+    if path.is_file() and path.suffix.lower() not in SPEC_SUFFIXES:   # a video or a CSV given by mistake
+        raise ValueError(f"{model}: not a model; expected {MODEL_KINDS}")
     keras_model = build_model(model, mode, num_classes=num_classes or 600)
     if checkpoint:
         checkpoints.load_weights(keras_model, checkpoint)

@@ -141,7 +141,7 @@ class SpecReader:
         self.source = source
 
     def fail(self, path: str, message: str):
-        raise SpecError(f"{self.source}: {path}: {message}")
+        raise SpecError(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
 
     def mapping(self, value, path: str, required: Sequence[str], optional: Sequence[str] = ()):
         if not isinstance(value, Mapping):
@@ -267,12 +267,14 @@ def dump_spec(spec: ModelSpec) -> str:
 
 def read_yaml(path: "str | os.PathLike", what: str, error: type[SpecError] = SpecError):
     """The data of the YAML file ``path``; ``error`` names the file when it is missing (a ``what``
-    file) or not valid YAML."""
+    file), not text or not valid YAML."""
     path = Path(path)
     if not path.exists():
         raise error(f"{path}: no such {what} file")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:   # a video or an archive given for a YAML file
+        raise error(f"{path}: not a text file, so not a {what} YAML file") from None
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {err}") from None
 

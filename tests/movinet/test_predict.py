@@ -186,3 +186,17 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
                                 "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
     assert status != 0 and len(errors) == 1 and "--threads 0: expected a positive number" in errors[0]
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_predict_cli_model_that_is_no_model_is_named_with_what_model_takes(tmp_path, capsys):
+    video = motion_video(tmp_path / "motion.mp4", frames=4)
+    (tmp_path / "ok.csv").write_text("motion.mp4,left\n")
+    (tmp_path / "binary.yaml").write_bytes(video.read_bytes())
+    (tmp_path / "words.yaml").write_text("just words\n")
+    expected = {video: f"{video}: not a model; expected {predict.MODEL_KINDS}",
+                tmp_path / "ok.csv": f"{tmp_path / 'ok.csv'}: not a model; expected {predict.MODEL_KINDS}",
+                tmp_path / "binary.yaml": f"{tmp_path / 'binary.yaml'}: not a text file, so not a spec YAML file",
+                tmp_path / "words.yaml": f"{tmp_path / 'words.yaml'}: expected a mapping, got str"}
+    for model, message in expected.items():
+        status, lines, errors = run_cli(capsys, "predict", video, "--model", model, "--resolution", RESOLUTION)
+        assert (status, lines, errors) == (2, [], [f"movinet predict: error: {message}"])
