@@ -27,6 +27,7 @@ from movinet.options import ModelOptions
 from movinet.spec import dump_spec, load_spec
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+OFFICIAL_MODEL_PREFIX = "model/layer_with_weights-"   # a training run's checkpoint keys have no such prefix
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -84,6 +85,13 @@ def structural_entries(model, include_classifier: bool = True):
     return entries
 
 
+def run_entries(model):
+    """[(key, variable)] for every weight of ``model`` as a training run's checkpoint names it: by
+    its path below the model (``movinet.runfolder.model_variables``), each "/" written ".S" as TF's
+    object graph writes a dict key."""
+    return [("model/" + variable.path.split("/", 1)[-1].replace("/", ".S"), variable) for variable in model.weights]
+
+
 def normalize_key(key: str) -> str:
     key = key[: -len(SUFFIX)] if key.endswith(SUFFIX) else key
     while "/_conv/_conv/" in key:
@@ -139,7 +147,8 @@ def opened_checkpoint(path: "str | os.PathLike"):
 
 
 def load_weights(model, path: "str | os.PathLike", skip_classifier: bool = False) -> dict:
-    """Loads an official (or our own) checkpoint into ``model``; all or nothing.
+    """Loads an official (or our own) checkpoint into ``model``; all or nothing. A training run's
+    checkpoints (``RUN/checkpoints``, whose keys follow the variables' paths) load too.
 
     Args:
       skip_classifier: leave the classifier as initialised (fine-tuning to new classes).
@@ -159,15 +168,20 @@ def _load_weights(model, prefix: str, shown: str, skip_classifier: bool) -> dict
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as err:
         raise CheckpointError(f"{shown}: cannot read checkpoint ({str(err).splitlines()[0]})") from None
-    available = {}
-    for key in reader.get_variable_to_shape_map():
-        if key.startswith("model/") and key.endswith(SUFFIX) and "/_optimizer" not in key:
-            available[normalize_key(key)] = key
-    classifier_prefix = "model/layer_with_weights-1/"
-    if skip_classifier:
-        available = {k: v for k, v in available.items() if not k.startswith(classifier_prefix)}
     shapes = reader.get_variable_to_shape_map()
-    entries = structural_entries(model, include_classifier=not skip_classifier)
+    if any(key.startswith(OFFICIAL_MODEL_PREFIX) for key in shapes):
+        available = {normalize_key(key): key for key in shapes
+                     if key.startswith("model/") and key.endswith(SUFFIX) and "/_optimizer" not in key}
+        entries = structural_entries(model, include_classifier=not skip_classifier)
+        skipped = {key for key in available if key.startswith("model/layer_with_weights-1/")}
+    else:   # a training run's checkpoint (RUN/checkpoints)
+        available = {key[: -len(SUFFIX)]: key for key in shapes if key.startswith("model/") and key.endswith(SUFFIX)}
+        entries = run_entries(model)
+        classifier = {id(variable) for variable in model.classifier.weights}
+        skipped = {key for key, variable in entries if id(variable) in classifier}
+    if skip_classifier:
+        available = {k: v for k, v in available.items() if k not in skipped}
+        entries = [(key, variable) for key, variable in entries if key not in skipped]
     expected = {key for key, _ in entries}
     missing = [key for key, _ in entries if key not in available]
     unexpected = sorted(set(available) - expected)

@@ -10,7 +10,7 @@ import pytest
 
 import movinet
 from movinet.checkpoints import CheckpointError, load_model, load_weights, save, save_official
-from tests.helpers import FIXTURES, randomize_weights
+from tests.helpers import FIXTURES, TINY_SPEC, randomize_weights
 
 OFFICIAL = FIXTURES / "official"
 
@@ -143,3 +143,27 @@ def test_tf_train_checkpoint_of_the_model_object_holds_every_variable(tmp_path):
     tf.train.Checkpoint(model=restored).read(prefix).assert_existing_objects_matched()
     clip = np.random.default_rng(28).random((1, 3, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(restored(clip).numpy(), model(clip).numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_training_runs_checkpoints_load_as_an_init_checkpoint(tmp_path):
+    """``--init-checkpoint RUN/checkpoints``: a run's checkpoint names variables by their paths,
+    not the official structure; its backbone loads, the classifier stays new, another model does not fit."""
+    from movinet.data import DataConfig
+    from movinet.runfolder import restore_run_model
+    from movinet.train import TrainConfig, train
+
+    data = DataConfig(frames=4, resolution=16, batch_size=4, train_clips=8, val_clips=4, parallel_calls=1)
+    train(TINY_SPEC, "stream", data, TrainConfig(epochs=1, optimizer="adam", verbose=0), tmp_path / "run")
+    trained, _ = restore_run_model(tmp_path / "run")
+    fresh = movinet.build_model(TINY_SPEC, "stream", num_classes=7)
+    classifier = fresh.classifier.classifier.kernel.numpy()
+    assert load_weights(fresh, tmp_path / "run" / "checkpoints", skip_classifier=True)["loaded"] == len(
+        fresh.weights) - len(fresh.classifier.weights)
+    for name in ("stem", "block1_layer0", "head"):
+        for ours, theirs in zip(getattr(fresh, name).weights, getattr(trained, name).weights, strict=True):
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    np.testing.assert_array_equal(fresh.classifier.classifier.kernel.numpy(), classifier)
+    with pytest.raises(CheckpointError, match=r"does not fit t0 \(stream.*\n  missing"):
+        load_weights(movinet.build_model("t0", "stream", num_classes=7), tmp_path / "run" / "checkpoints",
+                     skip_classifier=True)
