@@ -7,7 +7,7 @@ The settings (``DataConfig``) and errors need no TensorFlow; the pipeline (``mak
 import importlib as _importlib
 
 from movinet.data.config import DataConfig
-from movinet.data.errors import DataError, SkippedFiles, SkippedVideoWarning
+from movinet.data.errors import DataError, LabelWarning, SkippedFiles, SkippedVideoWarning
 from movinet.data.synthetic import synthetic_motion
 
 _LAZY = {"DataInfo": "movinet.data.pipeline", "make_datasets": "movinet.data.pipeline"}
@@ -19,5 +19,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'movinet.data' has no attribute {name!r}")
 
 
-__all__ = ["DataConfig", "DataError", "DataInfo", "SkippedFiles", "SkippedVideoWarning",
+__all__ = ["DataConfig", "DataError", "DataInfo", "LabelWarning", "SkippedFiles", "SkippedVideoWarning",
            "make_datasets", "synthetic_motion"]

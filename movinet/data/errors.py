@@ -10,6 +10,10 @@ class DataError(ValueError):
     """Data that cannot be used at all; the one-line message names the source and the fix."""
 
 
+class LabelWarning(UserWarning):
+    """A label that is likely a mistake (used by one row only); it still makes a class."""
+
+
 class SkippedVideoWarning(UserWarning):
     """A video file could not be decoded and was left out of the epoch."""
 

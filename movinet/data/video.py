@@ -8,21 +8,25 @@ the cache can hold it and later epochs and search trials never decode again.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import difflib
 import hashlib
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from movinet.data.errors import DataError, SkippedFiles
+from movinet.data.errors import DataError, LabelWarning, SkippedFiles
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 
 Item = tuple[str, int]   # (video path, class index)
+MISSPELLING_MIN_ROWS = 3   # a one-row class beside a class of this many rows is taken for a typo
 
 
 class VideoError(Exception):
@@ -81,6 +85,11 @@ def read_label_csv(csv_path: str | os.PathLike,
     Relative paths are relative to the CSV's folder. Labels are class names, or class indices when
     every label of the file is an integer. With ``class_names`` (those of the training CSV), a label
     outside them is an error; without, the classes are the sorted distinct names (or 0..max index).
+
+    A row with an empty label is an error. Without ``class_names``, a class name that labels a
+    single row while another labels ``MISSPELLING_MIN_ROWS`` or more is most likely a misspelling
+    (a real class has more than one example): it still makes a class, with a ``LabelWarning``
+    naming the file, the row and the nearest other name.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -94,6 +103,8 @@ def read_label_csv(csv_path: str | os.PathLike,
                 continue
             if len(row) < 2:
                 raise DataError(f"{csv_path}:{line}: expected 'path,label', got {','.join(row)!r}")
+            if not row[1].strip():
+                raise DataError(f"{csv_path}:{line}: empty label for {row[0].strip()!r}")
             path = Path(row[0].strip())
             rows.append((line, str(path if path.is_absolute() else csv_path.parent / path), row[1].strip()))
     if not rows:
@@ -107,6 +118,8 @@ def read_label_csv(csv_path: str | os.PathLike,
             class_names = sorted({label for _, _, label in rows})
         if len({label for _, _, label in rows}) < 2:
             raise DataError(f"{csv_path}: only one class ({rows[0][2]!r}); a classifier needs at least two")
+        if not numeric:
+            _warn_of_single_row_labels(csv_path, rows)
     index = {name: i for i, name in enumerate(class_names)}
     items = []
     for line, path, label in rows:
@@ -122,6 +135,18 @@ def read_label_csv(csv_path: str | os.PathLike,
                             f"{_shorten(class_names)}")
         items.append((path, label_index))
     return items, list(class_names)
+
+
+def _warn_of_single_row_labels(csv_path: Path, rows: Sequence[tuple[int, str, str]]) -> None:
+    counts = collections.Counter(label for _, _, label in rows)
+    if max(counts.values()) < MISSPELLING_MIN_ROWS:
+        return
+    for line, _, label in rows:
+        if counts[label] == 1:
+            others = [name for name in counts if name != label]
+            nearest = difflib.get_close_matches(label, others, n=1, cutoff=0.0)
+            warnings.warn(f"{csv_path}:{line}: label {label!r} labels this row only; a misspelling of "
+                          f"{nearest[0]!r}?", LabelWarning, stacklevel=3)
 
 
 def _is_int(text: str) -> bool:

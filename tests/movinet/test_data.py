@@ -1,13 +1,14 @@
 """Data: the synthetic motion set, video folders and CSVs, Kinetics TFRecords, one pipeline."""
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from movinet.data import DataConfig, DataError, SkippedVideoWarning, make_datasets, synthetic_motion
+from movinet.data import DataConfig, DataError, LabelWarning, SkippedVideoWarning, make_datasets, synthetic_motion
 from movinet.data import tfrecord, video
 from tests.helpers import CODECS, write_video
 
@@ -257,6 +258,24 @@ def test_csv_source_and_unknown_label(tmp_path):
     (tmp_path / "val.csv").write_text(rows[1] + "\nvideos/x.mp4,swim\n")
     with pytest.raises(DataError, match=r"val.csv:2: unknown label 'swim'"):
         make_datasets(config)
+
+
+def test_label_csv_empty_label_is_an_error_and_a_one_row_label_beside_common_ones_a_warning(tmp_path):
+    csv_path = tmp_path / "train.csv"
+    labels = ["running", "running", "running", "jumping", "jumping", "runing"]
+    csv_path.write_text("path,label\n" + "".join(f"v{i}.mp4,{label}\n" for i, label in enumerate(labels)))
+    with pytest.warns(LabelWarning) as caught:
+        _, names = video.read_label_csv(csv_path)
+    assert [str(w.message) for w in caught] == [
+        f"{csv_path}:7: label 'runing' labels this row only; a misspelling of 'running'?"]
+    assert names == ["jumping", "runing", "running"]   # still a class: the warning leaves the choice to the user
+    csv_path.write_text("v0.mp4,left\nv1.mp4,right\nv2.mp4,up\nv3.mp4,up\n")   # small classes alike: no typo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert video.read_label_csv(csv_path)[1] == ["left", "right", "up"]
+    csv_path.write_text("v0.mp4,left\nv1.mp4, \nv2.mp4,right\n")
+    with pytest.raises(DataError, match=r"train.csv:2: empty label for 'v1.mp4'$"):
+        video.read_label_csv(csv_path)
 
 
 # --- TFRecords ---------------------------------------------------------------------------------
