@@ -38,11 +38,12 @@ CODECS = {".mp4": ("mpeg4", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": 
           ".mkv": ("ffv1", "yuv420p")}
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
-    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 25, options: dict | None = None) -> Path:
+    """Encodes uint8 frames [T, H, W, 3] with PyAV, the codec chosen by the file extension;
+    ``options``: the muxer's, e.g. {"movflags": "faststart"} (an mp4 index at the front)."""
     codec, pixel_format = CODECS[path.suffix]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
         for frame in frames:

@@ -175,7 +175,8 @@ def decode_video(path: str, params: DecodeParams) -> np.ndarray:
     """uint8 frames [n, h, w, 3] at the target rate, short side ``params.short_side``.
 
     Raises:
-      VideoError: the file is unreadable, has no video stream or no decodable frame.
+      VideoError: the file is unreadable, has no video stream or no decodable frame, or fewer
+        frames decode than its container lists (a truncated file).
     """
     import av   # here, not at the top: trainings on synthetic or TFRecord data never load PyAV (~0.26 s)
 
@@ -190,12 +191,18 @@ def decode_video(path: str, params: DecodeParams) -> np.ndarray:
             pick = _fps_picker(params.fps, float(rate) if rate else None) if params.fps else (
                 lambda index, time: int(index % params.stride == 0))
             size = None
+            decoded = 0
             for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
                 repeats = pick(index, frame.time)
                 if repeats:
                     size = size or _resized(frame.width, frame.height, params.short_side)
                     image = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
                     images.extend([image] * repeats)
+            # A file cut short behind an index at its front (mp4 "faststart") decodes without an
+            # error, threaded decoding swallowing it: only the index's frame count tells.
+            if decoded < stream.frames:
+                raise VideoError(f"truncated: {decoded} of the {stream.frames} frames its index lists decode")
     except av.FFmpegError as err:
         raise VideoError(f"cannot decode ({type(err).__name__}: {err})") from None
     if not images:

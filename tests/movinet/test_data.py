@@ -190,6 +190,20 @@ def test_decode_video_by_stride_and_by_fps(tmp_path):
     assert doubled[:6] == [0, 0, 1, 1, 2, 2] and len(doubled) in (39, 40)
 
 
+def test_a_truncated_faststart_mp4_is_skipped_and_counted(tmp_path):
+    """Its index at the front lists 16 frames; cut in half, PyAV decodes a few without an error.
+    (Noise frames: their data, not the index, fills most of the file.)"""
+    noise = np.random.default_rng(0).integers(0, 256, (16, 32, 48, 3), dtype=np.uint8)
+    whole = write_video(tmp_path / "whole.mp4", noise, options={"movflags": "faststart"})
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    reader = video.VideoReader(video.DecodeParams(short_side=16))
+    assert reader(str(whole)).shape[0] == 16
+    with pytest.warns(SkippedVideoWarning, match=r"truncated.mp4: truncated: \d+ of the 16 frames"):
+        assert reader(str(truncated)) is None
+    assert reader.skipped.count == 1
+
+
 def make_class_folder(root: Path, per_class: int = 3, frames: int = 10) -> Path:
     """Three classes of tiny clips in every container the pipeline reads."""
     extensions = list(CODECS)
