@@ -283,6 +283,36 @@ def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> dict[str, kera
             for variable in optimizer.variables}
 
 
+# Per-variable slots of each optimizer (RMSprop: mean square and momentum; SGD: momentum).
+OPTIMIZER_SLOTS = {"rmsprop": 2, "sgd": 1, "adam": 2, "adamw": 2}
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(spec: ModelSpec, mode: str, model_options: Mapping[str, Any], data_config: DataConfig,
+                 train_config: TrainConfig, num_classes: int) -> None:
+    """Fails before building a model whose training cannot fit in this machine's memory, rather
+    than in an out-of-memory error midway through allocating it.
+
+    The estimate is a lower bound from the cost model: float32 weights, their gradients and the
+    optimizer's slots, and one batch of every layer's output kept for the backward pass.
+    """
+    from movinet.cost import cost
+
+    size = cost(spec, mode, frames=data_config.frames, resolution=data_config.resolution,
+                num_classes=num_classes, **model_options)
+    weights = 4 * size.params * (2 + OPTIMIZER_SLOTS[train_config.optimizer])
+    activations = 4 * data_config.batch_size * sum(math.prod(layer.out_shape) for layer in size.layers)
+    available = physical_memory_bytes()
+    if weights + activations > available:
+        raise TrainError(f"{spec.name} ({mode}) needs at least {(weights + activations) / 2**30:,.1f} GiB to train "
+                         f"({size.params:,} parameters with gradients and {train_config.optimizer} slots, and "
+                         f"activations of a batch of {data_config.batch_size}), more than this machine's "
+                         f"{available / 2**30:,.1f} GiB")
+
+
 def _load_init_checkpoint(model: keras.Model, path: str) -> None:
     try:
         from movinet.checkpoints import load_weights
@@ -332,6 +362,7 @@ def train(model_spec_or_name: ModelSpec | str, mode: str, data_config: DataConfi
     config["num_classes"] = info.num_classes
     config["class_names"] = info.class_names
     check_resumable(run_dir, config)
+    check_memory(spec, mode, model_options, data_config, train_config, info.num_classes)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train_config.precision)

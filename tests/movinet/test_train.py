@@ -96,6 +96,16 @@ def test_bad_train_settings_are_one_line_errors():
             TrainConfig(**settings)
 
 
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path):
+    from movinet.train import physical_memory_bytes
+
+    huge = spec_from_dict({**ONE_BLOCK, "name": "huge", "blocks": [{**ONE_BLOCK["blocks"][0], "filters": 10**9}]})
+    with pytest.raises(TrainError, match=rf"^huge \(base\) needs at least [\d,.]+ GiB to train \([\d,]+ parameters"
+                                         rf".*more than this machine's {physical_memory_bytes() / 2**30:,.1f} GiB$"):
+        train(huge, "base", DataConfig(**TINY_DATA), TrainConfig(**TINY_TRAIN), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_frame_by_frame_equals_whole_clips_and_plots(tmp_path):
     import movinet
     from movinet.data import make_datasets
