@@ -40,8 +40,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     try:
         return args.run(args) or 0
-    except KeyboardInterrupt:
-        print("movinet: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:   # a search says how many trials finished and how to go on
+        print(f"movinet {args.command}: {err}" if str(err) else "movinet: interrupted", file=sys.stderr)
         return 130
     except (CommandError, ValueError, FileNotFoundError, OSError) as err:
         message = str(err).strip() or type(err).__name__

@@ -134,6 +134,7 @@ class CandidateSearcher(Searcher):
         self.sampler = sampler
         self.limit = limit
         self.suggested = 0
+        self.exhausted = False
         self.candidates: dict[str, Candidate] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -144,6 +145,7 @@ class CandidateSearcher(Searcher):
             return Searcher.FINISHED
         candidate = self.sampler.suggest()
         if candidate is None:
+            self.exhausted = True
             return Searcher.FINISHED
         self.suggested += 1
         self.candidates[trial_id] = candidate
@@ -225,7 +227,8 @@ def _trainable(config: Mapping, trial_fn: TrialFn, space: SearchSpace) -> None:
 def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn, *, remaining: int,
         done: int, total: int, address: str | None = None, num_cpus: int | None = None,
         echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``.
+    """Runs up to ``remaining`` new trials on Ray Tune; results land in ``ledger``. Raises
+    KeyboardInterrupt where Ctrl-C stopped the run (Tune itself ends it quietly).
 
     A Ray it started shuts down in the background: ``wait_stopped()`` waits for that.
     Returns the seconds of its phases: {"ray_start": ..., "trials": ...}.
@@ -248,21 +251,27 @@ def run(space: SearchSpace, sampler: Sampler, ledger: Ledger, trial_fn: TrialFn,
         if settings.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", max_t=space.budget["epochs"], grace_period=1,
                                       reduction_factor=2)
+        searcher = CandidateSearcher(sampler, remaining, metric)
+        recorder = LedgerCallback(ledger, sampler, space, total, done, echo)
         runs = ledger.folder / "ray"
         segment = len(list(runs.glob("run-*"))) if runs.exists() else 0
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=metric, mode="max", search_alg=CandidateSearcher(sampler, remaining, metric),
+                metric=metric, mode="max", search_alg=searcher,
                 scheduler=scheduler, num_samples=remaining,
                 max_concurrent_trials=settings.max_concurrent or _fitting_trials(settings),
                 reuse_actors=True, trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(
                 name=f"run-{segment}", storage_path=str(runs.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                callbacks=[LedgerCallback(ledger, sampler, space, total, done, echo)]),
+                callbacks=[recorder]),
         )
         tuner.fit()
+        # Tune ends a run on Ctrl-C as if it were done: trials it started and never ended, or a
+        # sampler that had candidates left, tell an interrupted run.
+        if recorder.done - done < (remaining if not searcher.exhausted else searcher.suggested):
+            raise KeyboardInterrupt
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

@@ -28,6 +28,10 @@ class SearchError(RuntimeError):
     """A search that cannot start or continue; the message says why and what to do."""
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """A search stopped by Ctrl-C once the trials that finished are written; says how to continue."""
+
+
 @dataclasses.dataclass
 class SearchResult:
     """What a search wrote, and ``timings``: the seconds of its phases in order, ``prepare`` (checks,
@@ -78,6 +82,7 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     Raises:
       SearchError: the search cannot start, or every one of its trials failed (after the
         results are written).
+      SearchInterrupted: Ctrl-C stopped it (after the results of the finished trials are written).
     """
     began = time.monotonic()
     if backend not in BACKENDS:
@@ -116,11 +121,15 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     else:
         from search import kerastuner_backend as backend_module
     timings = {"prepare": time.monotonic() - began}
+    interrupted = False
     try:
         if remaining > 0:
             cluster = {"address": address, "num_cpus": num_cpus} if backend == "ray" else {}
-            timings.update(backend_module.run(space, sampler, ledger, trial_fn, remaining=remaining,
-                                              done=len(rows), total=total, echo=echo, **cluster))
+            try:
+                timings.update(backend_module.run(space, sampler, ledger, trial_fn, remaining=remaining,
+                                                  done=len(rows), total=total, echo=echo, **cluster))
+            except KeyboardInterrupt:   # Ctrl-C: the trials that finished are written all the same
+                interrupted = True
         writing = time.monotonic()
         rows = ledger.rows()
         written = write_results(folder, rows, space.objective)
@@ -132,6 +141,9 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     if "best_spec.yaml" in written:
         echo(f"best spec: {written['best_spec.yaml']}")
     echo(f"results: {folder}")
+    if interrupted:
+        raise SearchInterrupted(f"interrupted after {len(rows)} of {total} trials finished; --resume continues "
+                                f"the search in {folder}")
     if rows and all(row["status"] == FAILED for row in rows):
         raise SearchError(f"all {len(rows)} trials failed, the first with {rows[0]['error']}; "
                           f"their errors are in {folder / 'trials.csv'}")

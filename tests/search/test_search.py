@@ -227,6 +227,43 @@ def test_a_search_whose_trials_all_fail_is_an_error_with_its_results_written(tmp
     assert list(table["status"]) == [FAILED] * 3
 
 
+CLI_DRIVER = textwrap.dedent("""
+    import functools, sys
+    sys.path.insert(0, {here!r})
+    import fakes
+    from ray import cloudpickle
+    cloudpickle.register_pickle_by_value(fakes)
+    import search
+    search.run_search = functools.partial(search.run_search, trial_fn=fakes.quick_trial)   # the stand-in trial
+    from cli.main import main
+    sys.exit(main(["search", {space!r}, "--output-dir", {out!r}, "--num-cpus", "1"]))
+""")
+
+
+def test_ctrl_c_ends_a_search_with_status_130_saying_what_finished_and_resume_continues(tmp_path):
+    """``movinet search`` on its own local Ray, sent SIGINT as Ctrl-C sends it (to its process
+    group) once a trial has finished: Tune stops quietly, the command must not."""
+    path = space_file(tmp_path, data={"epoch_seconds": 1.0}, search={"num_trials": 6})
+    out = tmp_path / "out"
+    script = CLI_DRIVER.format(here=str(HERE), space=str(path), out=str(out))
+    driver = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ledger = Ledger(out / "tiny")
+    deadline = time.monotonic() + 180
+    while not ledger.rows() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    finished = len(ledger.rows())
+    assert driver.returncode == 130 and 1 <= finished < 6, stderr[-3000:]
+    assert stderr.splitlines()[-1] == (f"movinet search: interrupted after {finished} of 6 trials finished; "
+                                       f"--resume continues the search in {out / 'tiny'}")
+    assert len(pd.read_csv(out / "tiny" / "trials.csv")) == finished
+    result = run_search(path, backend="kerastuner", output_dir=out, resume=True, trial_fn=fakes.quick_trial,
+                        echo=quiet)
+    assert len(result.rows) == 6 and len({row["key"] for row in result.rows}) == 6
+
+
 @pytest.mark.parametrize("switch, default, opted_out", [("TF_ENABLE_ONEDNN_OPTS", "1", "0"),
                                                        ("TF_FORCE_GPU_ALLOW_GROWTH", "true", "false")])
 def test_trials_run_onednn_and_grow_gpu_memory_unless_the_driver_opts_out(switch, default, opted_out, monkeypatch):
