@@ -48,6 +48,15 @@ def test_a_real_search_in_the_a0_space_trains_candidates_within_5_percent_of_the
     assert result.best is not None and result.best.exists()
 
 
+def test_a_resumed_family_search_starts_the_members_it_had_not_reached(tiny_budget_family, tmp_path):
+    def stand_in(candidate, space, report):
+        return {"top1": 0.5, "epoch": 1}
+
+    results = search_members("a0", family=tiny_budget_family, backend="kerastuner", output_dir=tmp_path / "out",
+                             resume=True, trial_fn=stand_in, echo=lambda line: None)
+    assert [row["status"] for row in results["a0"].rows] == ["ok"]
+
+
 PARALLEL_DRIVER = """
 import time, ray
 from family.run import search_members
