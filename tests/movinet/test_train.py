@@ -106,20 +106,34 @@ def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_evaluate_frame_by_frame_equals_whole_clips_and_plots(tmp_path):
-    import movinet
-    from movinet.data import make_datasets
+def test_evaluate_frame_by_frame_scores_the_last_frame_of_each_clip(tmp_path):
+    """Frame by frame, in 1- and 3-frame chunks, gives the loss and confusion matrix of the
+    whole clips, computed here from the model's clip logits with NumPy's cross-entropy.
 
-    model = movinet.build_model(tiny_spec(), "stream", num_classes=4)
-    _, val, info = make_datasets(DataConfig(**TINY_DATA))
-    clips = evaluate(model, val, 4)
-    frames = evaluate(model, val, 4, frame_by_frame=True, chunk_frames=1)
-    pairs = evaluate(model, val, 4, frame_by_frame=True, chunk_frames=2)
-    for result in (frames, pairs):
-        assert result["loss"] == pytest.approx(clips["loss"], abs=1e-4)
-        np.testing.assert_array_equal(result["confusion"], clips["confusion"])
-    assert clips["confusion"].sum() == 8 and clips["count"] == 8
-    png = plot_confusion_matrix(clips["confusion"], info.class_names, tmp_path / "confusion.png", "untrained")
+    The classifier is scaled so that the top-1 class follows the clip: scoring the first frame
+    (or any frame but the last) changes predictions and the loss by far more than 1e-5.
+    """
+    from tests.helpers import NUM_CLASSES, TINY_SPEC, clip_dependent_logits, clips, random_model
+
+    videos = clips(8, frames=6)
+    model = random_model(TINY_SPEC, scaling=lambda m, _: clip_dependent_logits(m, videos))
+    labels = np.arange(8) % NUM_CLASSES
+    dataset = tf.data.Dataset.from_tensor_slices((videos, labels)).batch(4)
+    logits = model(videos).numpy().astype(np.float64)
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    expected_loss = -log_p[np.arange(8), labels].mean()
+    expected_confusion = np.zeros([NUM_CLASSES, NUM_CLASSES], np.int64)
+    np.add.at(expected_confusion, (labels, logits.argmax(axis=1)), 1)
+    assert len(set(logits.argmax(axis=1))) >= 3          # the clips are told apart
+    for chunk_frames in (1, 3):
+        result = evaluate(model, dataset, NUM_CLASSES, frame_by_frame=True, chunk_frames=chunk_frames)
+        assert result["loss"] == pytest.approx(expected_loss, abs=1e-5)
+        np.testing.assert_array_equal(result["confusion"], expected_confusion)
+    clips_result = evaluate(model, dataset, NUM_CLASSES)
+    assert clips_result["loss"] == pytest.approx(expected_loss, abs=1e-5) and clips_result["count"] == 8
+    png = plot_confusion_matrix(expected_confusion, [f"c{i}" for i in range(NUM_CLASSES)],
+                                tmp_path / "confusion.png", "random")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
