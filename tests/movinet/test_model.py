@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 import movinet
-from movinet.layers import BatchNorm, ConvNorm, FeatureConv
+from movinet.layers import BatchNorm, ConvNorm, FeatureConv, cumulative_mean
 from movinet.ops import depthwise_as_taps, depthwise_conv2d, hard_swish, training_hard_swish, worth_fusing
 from movinet.model import StateError
-from tests.helpers import FIXTURES, randomize_weights
+from tests.helpers import FIXTURES, TINY_SPEC, randomize_weights
 
 NAMES = ["a0", "a1", "a2", "a3", "a4", "a5", "t0"]
 RESOLUTION = {"a0": 172, "a1": 172, "a2": 224, "a3": 256, "a4": 290, "a5": 320, "t0": 160}
@@ -83,6 +83,47 @@ def test_streaming_equals_whole_clip(name):
     for chunks in (1, 2, 4) if name in ("a3", "a4", "a5") else (1, 2, 4, 8):
         logits, _ = stream_chunks(model, clip, chunks)
         np.testing.assert_allclose(logits, whole, atol=1e-5, err_msg=f"{chunks} chunks")
+
+
+def test_pool_buffers_hold_the_mean_of_the_frames_seen():
+    """After t frames (t = 1, 3, 7) every SE and head pool buffer is the mean over those t frames
+    of its layer's spatially pooled features, computed here with NumPy from the whole clip's
+    features: the states stay bounded (a running sum would be t times larger)."""
+    model = randomize_weights(movinet.build_model(TINY_SPEC, "stream", num_classes=5), seed=2)
+    clip = np.random.default_rng(3).random((2, 7, 32, 32, 3), dtype=np.float32)
+    endpoints, _ = model.call_endpoints(clip)
+    inputs = ["stem"] + [block.name for block in model.blocks[:-1]]
+    pooled = {}                                  # owner -> per-frame spatial means [B, T, C]
+    for block, before in zip(model.blocks, inputs):
+        features, _ = block.feature(block.expansion(endpoints[before]), {})
+        pooled[block.state_prefix] = features.numpy().mean(axis=(2, 3))
+    pooled["state_head"] = model.head.project(endpoints[model.blocks[-1].name]).numpy().mean(axis=(2, 3))
+    states, seen = model.init_states(clip.shape), 0
+    for frames in (1, 2, 4):
+        _, states = model({**states, "image": clip[:, seen:seen + frames]})
+        seen += frames
+        for owner, per_frame in pooled.items():
+            buffer = states[f"{owner}_pool_buffer"].numpy()[:, 0, 0, 0]
+            np.testing.assert_allclose(buffer, per_frame[:, :seen].mean(axis=1), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{owner} after {seen} frames")
+            assert int(states[f"{owner}_pool_frame_count"][0]) == seen
+
+
+def test_a_long_stream_keeps_its_pool_buffer_at_the_mean():
+    """500 frames in chunks of 50 and 7: the buffer is the mean of every frame so far, a running sum
+    would reach 500 times it."""
+    per_frame = np.random.default_rng(4).normal(1.0, 0.5, (1, 500, 1, 1, 3)).astype(np.float32)
+    states, seen = {}, 0
+    while seen < 500:
+        frames = 50 if seen % 100 == 0 else 7
+        chunk = per_frame[:, seen:seen + frames]
+        means, states = cumulative_mean(tf.constant(chunk), states, "state_head", causal=True)
+        expected = np.cumsum(per_frame[:, :seen + chunk.shape[1]], axis=1, dtype=np.float64)
+        expected /= np.arange(1, seen + chunk.shape[1] + 1).reshape(1, -1, 1, 1, 1)
+        np.testing.assert_allclose(means.numpy(), expected[:, seen:], rtol=1e-5)
+        seen += chunk.shape[1]
+        np.testing.assert_allclose(states["state_head_pool_buffer"].numpy(), expected[:, -1:], rtol=1e-5)
+        assert int(states["state_head_pool_frame_count"][0]) == seen
 
 
 @pytest.mark.parametrize("options", [
