@@ -40,6 +40,44 @@ def test_cost_model_counts_every_option(options):
     assert model.count_params() == movinet.cost("t0", "stream", **options).params
 
 
+def kernel_multiply_adds(model, clip_shape):
+    """Multiply-adds of a built stream model, counted from its own kernels and the output
+    sizes its endpoints have on a clip: each kernel's size times the positions it is applied
+    at (a depthwise kernel [kh, kw, C, 1] makes kh*kw*C per position, a 1x1 conv cin*cout)."""
+    endpoints, _ = model.call_endpoints(tf.zeros(clip_shape))
+    positions = {name: int(np.prod(value.shape[1:4])) for name, value in endpoints.items()}
+    frames = clip_shape[1]
+    before = dict(zip([block.name for block in model.blocks], ["stem"] + [b.name for b in model.blocks[:-1]]))
+    total = 0
+    for variable in model.weights:
+        if not variable.path.endswith("kernel"):
+            continue
+        owner, part = variable.path.split("/")[1:3]
+        if owner == "classifier_head":
+            at = 1
+        elif owner == "head":
+            at = positions[model.blocks[-1].name]     # the 1x1 projection comes before the pooling
+        elif owner == "stem":
+            at = positions["stem"]
+        elif part == "expansion":
+            at = positions[before[owner]]
+        elif part == "se":
+            at = frames                               # causal SE: one squeeze per frame
+        else:
+            at = positions[owner]
+        total += int(np.prod(variable.shape)) * at
+    return total
+
+
+@pytest.mark.parametrize("name, options", [("a0", {}), ("a0", dict(conv_type="3d")),
+                                           ("t0", dict(conv_type="3d_2plus1d", se_type="3d"))])
+def test_cost_model_multiply_adds_count_the_built_stream_models_kernels(name, options):
+    """The stream multiply-adds the search's cost window uses, on an odd-sized clip."""
+    model = movinet.build_model(name, "stream", num_classes=7, **options)
+    expected = kernel_multiply_adds(model, (1, 5, 72, 56, 3))
+    assert movinet.cost(name, "stream", frames=5, resolution=(72, 56), num_classes=7, **options).macs == expected
+
+
 def test_endpoint_shapes_of_a0():
     model = movinet.build_model("a0")
     endpoints, _ = model.call_endpoints(tf.zeros([1, 8, 128, 128, 3]))
