@@ -56,34 +56,44 @@ def check_rows_are_in_space(space, rows):
         assert low <= row["macs"] <= high, "a candidate outside the cost window was trained"
 
 
+def non_dominated(rows):
+    """Keys of the trials no other trial matches on both top-1 and multiply-adds and beats on one."""
+    def dominates(a, b):
+        return a["top1"] >= b["top1"] and a["macs"] <= b["macs"] and (a["top1"] > b["top1"] or a["macs"] < b["macs"])
+    return {b["key"] for b in rows if not any(dominates(a, b) for a in rows)}
+
+
 @pytest.mark.parametrize("backend, algorithm", [("ray", a) for a in ALGORITHMS]
                          + [("kerastuner", a) for a in ALGORITHMS])
 def test_every_algorithm_and_backend_keeps_the_contract(backend, algorithm, tmp_path, request):
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
     space = load_space(TINY)
+    # the model-based samplers past Optuna's 10 random start-up trials (rejected candidates count too)
+    trials = 12 if algorithm in ("tpe", "multi_objective") else 5
     began = time.monotonic()
-    result = run_search(TINY, backend=backend, algorithm=algorithm, num_trials=5, output_dir=tmp_path,
+    result = run_search(TINY, backend=backend, algorithm=algorithm, num_trials=trials, output_dir=tmp_path,
                         trial_fn=fakes.quick_trial, echo=quiet)
     wall = time.monotonic() - began
     phases = ["prepare", "ray_start", "trials", "results", "ray_stop"] if backend == "ray" else \
         ["prepare", "trials", "results"]
-    assert list(result.timings) == phases and min(result.timings.values()) >= 0
+    assert list(result.timings) == phases and result.timings["trials"] > 0
     assert sum(result.timings.values()) <= wall
     rows = result.rows
-    assert len(rows) == 5 and len({row["key"] for row in rows}) == 5
+    assert len(rows) == trials and len({row["key"] for row in rows}) == trials
     assert all(row["status"] == OK and row["error"] is None for row in rows)
     check_rows_are_in_space(space, rows)
     for row in rows:
         assert row["reward"] == pytest.approx(row["top1"] - 0.5 * abs(row["macs"] / 1.2e6 - 1))
-        assert row["hostname"] and row["pid"]
+        # Ray runs trials in its worker processes, KerasTuner in this one; all on this host here
+        assert row["hostname"] == os.uname().nodename and (row["pid"] != os.getpid()) == (backend == "ray")
     table = pd.read_parquet(result.folder / "trials.parquet")
-    assert len(table) == len(pd.read_csv(result.folder / "trials.csv")) == 5
+    assert len(table) == len(pd.read_csv(result.folder / "trials.csv")) == trials
     assert set(table.columns) >= {"top1", "top5", "macs", "params", "latency_ms", "reward", "status", "error",
                                   "spec"}
     assert (result.folder / "pareto.png").stat().st_size > 0
     front = pd.read_csv(result.folder / "pareto.csv")
-    assert 1 <= len(front) <= 5 and front["macs"].is_monotonic_increasing
+    assert front["macs"].is_monotonic_increasing and set(front["key"]) == non_dominated(rows)
     best = max(rows, key=lambda row: row["reward"])
     assert load_spec(result.best).blocks == decode(space, json.loads(best["point"])).spec.blocks
     assert json.loads((result.folder / "state.json").read_text())["rejected"] == result.rejected
