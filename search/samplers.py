@@ -34,6 +34,7 @@ class Sampler:
         self.rejected = 0
         self._tried: dict[str, Mapping | None] = {}    # key -> result (None while pending or failed)
         self._handles: dict[str, Any] = {}
+        self._waiting: dict[str, list] = {}            # key -> handles of proposals made while it trains
         self._planned: list[Candidate] = []            # drawn by plan(), handed out first
 
     def suggest(self) -> Candidate | None:
@@ -77,6 +78,9 @@ class Sampler:
                 self.rejected += 1
                 self._tell(handle, {"top1": 0.0, "macs": macs, "reward": objective.reward(0.0, macs)})
                 continue
+            if candidate.key in self._handles:         # still training: told its result when it ends
+                self._waiting.setdefault(candidate.key, []).append(handle)
+                continue
             if candidate.key in self._tried:
                 self._tell(handle, self._tried[candidate.key])
                 continue
@@ -88,7 +92,8 @@ class Sampler:
     def observe(self, candidate: Candidate, result: Mapping | None) -> None:
         """A trial ended: ``result`` holds its metrics (top1, macs, reward), None if it failed."""
         self._tried[candidate.key] = result
-        self._tell(self._handles.pop(candidate.key, None), result)
+        for handle in (self._handles.pop(candidate.key, None), *self._waiting.pop(candidate.key, ())):
+            self._tell(handle, result)
 
     def replay(self, candidate: Candidate, result: Mapping | None) -> None:
         """A trial finished in an earlier run of this search (resume): learn it, never re-run it."""
@@ -161,7 +166,7 @@ class OptunaSampler(Sampler):
         self.multi_objective = multi_objective
         directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
         self.study = optuna.create_study(
-            directions=directions, sampler=optuna.samplers.TPESampler(seed=space.settings.seed))
+            directions=directions, sampler=optuna.samplers.TPESampler(seed=space.settings.seed, constant_liar=True))
         self._distributions = {param.name: optuna.distributions.CategoricalDistribution(param.choices)
                                for param in space.params()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,27 @@ def test_tpe_leaves_its_random_start_and_proposes_what_scored():
     assert len(proposed) > 40
     assert sum(proposed[10:]) / len(proposed[10:]) > 0.7
 
+
+@pytest.mark.parametrize("algorithm", ["tpe", "multi_objective"])
+def test_a_candidate_proposed_again_while_it_trains_waits_for_its_result(algorithm):
+    """Two trials at a time, as two Ray slots run them: a proposal of the candidate still training
+    is told that candidate's result when it ends. Told FAIL at once, it left TPE's model unchanged,
+    so multi-objective TPE proposed the same candidate ~5000 times (minutes) and the search ended
+    early as if the space were spent."""
+    from optuna.trial import TrialState
+
+    space = load_space(TINY)
+    sampler = make_sampler(space, algorithm)
+    pending, results = [sampler.suggest()], {}
+    for _ in range(12):
+        pending.append(sampler.suggest())
+        assert pending[-1] is not None, "the sampler gave up with most of the space untried"
+        candidate = pending.pop(0)
+        macs = candidate_macs(space, candidate)
+        top1 = 0.3 + 0.6 * random.Random(candidate.key).random()
+        results[candidate.key] = {"top1": top1, "macs": macs, "reward": space.objective.reward(top1, macs)}
+        sampler.observe(candidate, results[candidate.key])
+    told = sampler.study.trials
+    assert len(told) < 100
+    assert all(trial.state != TrialState.FAIL for trial in told)
+    assert sum(trial.state == TrialState.RUNNING for trial in told) >= 1     # the one still training
