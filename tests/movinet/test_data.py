@@ -172,9 +172,21 @@ def test_clip_indices_and_crops():
     assert centre.shape == (2, 32, 32, 3)
     np.testing.assert_allclose(centre[:, :, :14], 0.0, atol=1e-6)
     np.testing.assert_allclose(centre[:, :, 18:], 1.0, atol=1e-6)
-    crops = [crop_clip(tf.constant(frames), DataConfig(frames=2, resolution=32, flip=True), True,
-                       tf.constant([i, 7], tf.int64)).numpy() for i in range(20)]
-    assert all(c.shape == (2, 32, 32, 3) and np.array_equal(c[0], c[1]) for c in crops)
+    # Random crops of a noise clip, with and without flips, from the same seeds: each flipped crop is
+    # the unflipped one mirrored left to right (np.flip), pixel for pixel, some of them.
+    noise = tf.constant(np.random.default_rng(9).integers(0, 256, [2, 36, 54, 3], dtype=np.uint8))
+    flipped = 0
+    for i in range(20):
+        seed = tf.constant([i, 7], tf.int64)
+        plain, maybe = (crop_clip(noise, DataConfig(frames=2, resolution=32, flip=flip), True, seed).numpy()
+                        for flip in (False, True))
+        assert maybe.shape == (2, 32, 32, 3) and not np.array_equal(plain[0], plain[1])
+        mirrored = np.array_equal(maybe, np.flip(plain, axis=2))
+        assert mirrored or np.array_equal(maybe, plain), f"seed {i}"
+        flipped += mirrored
+    assert 3 <= flipped <= 17
+    crops = [crop_clip(noise, DataConfig(frames=2, resolution=32), True, tf.constant([i, 7], tf.int64)).numpy()
+             for i in range(20)]
     assert len({round(float(c.mean()), 3) for c in crops}) > 5
 
 

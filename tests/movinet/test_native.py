@@ -193,4 +193,4 @@ def test_keep_freed_memory_serves_large_buffers_from_the_heap():
         out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                              env={**os.environ, **env}, check=True).stdout
         mapped[mode] = int(out.split()[-1])
-    assert mapped == {"keep": 0, "default": mapped["default"]} and mapped["default"] >= 64 << 20
+    assert mapped["keep"] == 0 and mapped["default"] >= 64 << 20
