@@ -102,3 +102,12 @@ def random_model(spec, mode="stream", scaling=unit_logits, seed=0, **options):
     keras.utils.set_random_seed(seed)   # the kernels too, so every run tests the same model
     model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES, **options), seed)
     return scaling(model, clips(6, split="train"))
+
+
+def resized_frame_by_frame(video, size):
+    """Each frame of a [B, T, H, W, 3] video through tf.image.resize on its own (bilinear): what
+    a member of a resolution ensemble should see."""
+    import tensorflow as tf
+
+    video = np.asarray(video)
+    return np.stack([np.stack([tf.image.resize(frame, [size, size]).numpy() for frame in clip]) for clip in video])

@@ -9,9 +9,8 @@ import tensorflow as tf
 
 import movinet
 from family import EnsembleError, ResolutionEnsemble, TemporalEnsemble
-from family.ensemble import resize_frames
 from movinet.model import StateError
-from tests.helpers import randomize_weights
+from tests.helpers import randomize_weights, resized_frame_by_frame
 
 CLASSES = 3
 CLIP = np.random.default_rng(0).random((1, 4, 32, 32, 3), dtype=np.float32)
@@ -41,7 +40,7 @@ def stream(model, clip, lengths):
 def test_resolution_ensemble_is_the_mean_of_its_members_at_their_resolutions(mode):
     model = ensembles(mode)["resolution"]
     first, second = model.members
-    expected = (first(resize_frames(CLIP, 32)) + second(resize_frames(CLIP, 40))) / 2
+    expected = (first(resized_frame_by_frame(CLIP, 32)) + second(resized_frame_by_frame(CLIP, 40))) / 2
     np.testing.assert_allclose(model(CLIP), expected, atol=1e-6)
 
 

@@ -6,9 +6,8 @@ import yaml
 
 import movinet
 from family import FamilyError, ResolutionEnsemble, registry
-from family.ensemble import resize_frames
 from family.registry import load_ensembles
-from tests.helpers import randomize_weights
+from tests.helpers import randomize_weights, resized_frame_by_frame
 from tests.movinet.test_cost import BASE_PARAMS
 
 VIDEO = np.random.default_rng(0).random((1, 2, 32, 32, 3), dtype=np.float32)
@@ -41,7 +40,7 @@ def test_a6_is_the_mean_of_a4_and_a5_each_at_its_resolution(mode):
     model = randomize_weights(registry.build("a6", mode, num_classes=3), seed=0)
     assert model.member_names == ["a4", "a5"] and model.resolutions == [290, 320]
     a4, a5 = model.members
-    expected = (a4(resize_frames(VIDEO, 290)) + a5(resize_frames(VIDEO, 320))).numpy() / 2
+    expected = (a4(resized_frame_by_frame(VIDEO, 290)) + a5(resized_frame_by_frame(VIDEO, 320))).numpy() / 2
     if mode == "base":
         logits = model(VIDEO).numpy()
     else:
