@@ -232,6 +232,36 @@ def test_an_xla_compiled_training_step_uses_the_tf_ops(monkeypatch):
     assert np.isfinite(result["train_loss"]) and result["steps"] > 0
 
 
+def test_a_training_step_descends_cross_entropy_plus_half_the_weight_decay_times_the_squared_kernels():
+    """One SGD step of the trainer moves each weight by -lr * the gradient of mean cross-entropy +
+    weight_decay/2 * sum(w^2) over the conv kernels but the classifier's, taken here by hand."""
+    import keras
+
+    from movinet.runfolder import build_run_model
+    from movinet.train import Trainer
+
+    weight_decay, rate = 0.05, 0.5
+    config = TrainConfig(weight_decay=weight_decay, dropout_rate=0.0, stochastic_depth_drop_rate=0.0,
+                         label_smoothing=0.0, clipnorm=None)
+    keras.utils.set_random_seed(3)
+    model = build_run_model({"spec": ONE_BLOCK, "mode": "base"}, 4, config)
+    clips = tf.random.stateless_uniform([4, 4, 16, 16, 3], [1, 2])
+    labels = tf.constant([0, 1, 2, 3])
+    decayed = [w for w in model.trainable_variables
+               if w.path.endswith("kernel") and "classifier_head/classifier" not in w.path]
+    with tf.GradientTape() as tape:
+        logits = model(clips, training=True)
+        cross_entropy = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        loss = cross_entropy + weight_decay / 2 * tf.add_n([tf.reduce_sum(w ** 2) for w in decayed])
+    expected = [(w - rate * g).numpy() for w, g in zip(model.trainable_variables,
+                                                        tape.gradient(loss, model.trainable_variables))]
+    trainer = Trainer(model, keras.optimizers.SGD(rate), tf.distribute.get_strategy(), config, 4, 4)
+    trainer.train_step((clips, labels))
+    assert len(decayed) == 9                   # stem, expansion, depthwise, SE (2), projection, skip, head (2)
+    for w, value in zip(model.trainable_variables, expected):
+        np.testing.assert_allclose(w.numpy(), value, rtol=1e-5, atol=1e-6, err_msg=w.path)
+
+
 @pytest.mark.slow
 def test_mixed_precision_training_runs(tmp_path):
     for precision in ("mixed_float16", "mixed_bfloat16"):
