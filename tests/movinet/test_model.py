@@ -253,6 +253,34 @@ def test_training_step_updates_a_stream_model():
     assert changed > len(before) // 2
 
 
+def test_stochastic_depth_drops_whole_samples_at_the_linearly_growing_rate():
+    """The official rule: layer i of n drops its residual branch with rate * i / n; a dropped sample
+    loses all of it, a kept one is scaled by 1 / (1 - rate); inference keeps everything."""
+    model = movinet.build_model(TINY_SPEC, "stream", num_classes=3, stochastic_depth_drop_rate=0.3)
+    rates = [block.stochastic_depth.rate for block in model.blocks]
+    assert rates == pytest.approx([0.3 * i / 3 for i in (1, 2, 3)])
+    layer = model.blocks[-1].stochastic_depth
+    ones = tf.ones([2000, 2, 2, 2, 3])
+    dropped = layer(ones, training=True).numpy().reshape(2000, -1)
+    kept = dropped[:, 0] > 0
+    np.testing.assert_allclose(dropped[kept], 1 / 0.7, rtol=1e-6)
+    np.testing.assert_array_equal(dropped[~kept], 0.0)
+    assert abs((~kept).mean() - 0.3) < 0.05              # 7 standard deviations of 2000 draws
+    np.testing.assert_array_equal(layer(ones, training=False), ones)
+
+
+def test_dropout_acts_on_the_classifier_while_training_only():
+    """Training calls differ from each other; inference gives the logits of the same weights built
+    without dropout."""
+    model = randomize_weights(movinet.build_model(TINY_SPEC, "base", num_classes=3, dropout_rate=0.5))
+    plain = movinet.build_model(TINY_SPEC, "base", num_classes=3)
+    plain.set_weights(model.get_weights())
+    features = tf.random.stateless_uniform([8, 1, 1, 1, TINY_SPEC.head.project_filters], [4, 5])
+    trained = [model.classifier(features, training=True).numpy() for _ in range(2)]
+    assert np.abs(trained[0] - trained[1]).max() > 1e-3
+    np.testing.assert_allclose(model.classifier(features, training=False), plain.classifier(features), atol=1e-6)
+
+
 def test_regularizers_follow_the_official_placement():
     """L2 on every conv kernel but the classifier's; bias L2 only when asked."""
     plain = movinet.build_model("t0", "base", num_classes=3)
