@@ -115,7 +115,7 @@ def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_mo
     status, lines, _ = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--json")
     assert status == 0 and len(lines) == 8
     status, _, errors = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--pipeline", 2)
-    assert status != 0 and len(errors) == 1 and "a TF Lite model runs whole" in errors[0]
+    assert status == 2 and len(errors) == 1 and "a TF Lite model runs whole" in errors[0]
 
     model = checkpoints.load_model(saved_models["stream"])
     keras = list(predict.predict_video(video, model, resolution=RESOLUTION, fps=5, k=5))
@@ -164,7 +164,7 @@ def test_predict_cli_bad_video_is_a_one_line_error(tmp_path, capsys, saved_model
     video = bad_video(tmp_path, kind)
     status, lines, errors = run_cli(capsys, "predict", video, "--model", saved_models["stream"],
                                     "--resolution", RESOLUTION)
-    assert status != 0 and lines == []
+    assert status == 2 and lines == []
     assert len(errors) == 1 and errors[0].startswith("movinet predict: error: ") and video.name in errors[0]
     print(f"\n{kind}: {errors[0]}")
 
@@ -181,13 +181,13 @@ def test_predict_cli_other_bad_input_is_a_one_line_error(tmp_path, capsys, saved
     for message, extra in cases.items():
         argv = ["predict", video, "--model", saved_models["stream"], "--resolution", RESOLUTION, *extra]
         status, lines, errors = run_cli(capsys, *argv)
-        assert status != 0 and len(errors) == 1 and message in errors[0], errors
+        assert status == 2 and len(errors) == 1 and message in errors[0], errors
     status, _, errors = run_cli(capsys, "export", saved_models["stream"], "--quantize", "int8",
                                 "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
-    assert status != 0 and len(errors) == 1 and "--calibration" in errors[0]
+    assert status == 2 and len(errors) == 1 and "--calibration" in errors[0]
     status, _, errors = run_cli(capsys, "export", saved_models["stream"], "--format", "tflite", "--threads", 0,
                                 "--out", tmp_path / "m.tflite", "--resolution", RESOLUTION)
-    assert status != 0 and len(errors) == 1 and "--threads 0: expected a positive number" in errors[0]
+    assert status == 2 and len(errors) == 1 and "--threads 0: expected a positive number" in errors[0]
     assert not (tmp_path / "m.tflite").exists()
 
 
