@@ -2,7 +2,8 @@
 
 They read their knobs from the space's ``data`` section, which the search passes through:
 ``epoch_seconds`` (sleep per epoch), ``crash_resolution`` (raise for candidates of that input
-size), ``marker_dir`` (append 'start'/'end' lines per trial, to count executions; a start file
+size, after its last report), ``crash_at_start`` (raise before the first report for candidates of
+that input size), ``marker_dir`` (append 'start'/'end' lines per trial, to count executions; a start file
 holds the trial process's TF_ENABLE_ONEDNN_OPTS, to see what reached it from the driver).
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 def quick_trial(candidate, space, report):
     marker = space.data.get("marker_dir")
     _mark(marker, "start", candidate.key)
+    if candidate.resolution == space.data.get("crash_at_start"):
+        raise RuntimeError(f"injected crash at the start of {candidate.key}")
     quality = 0.3 + 0.6 * random.Random(candidate.key).random()
     epochs = space.budget["epochs"]
     metrics = {}

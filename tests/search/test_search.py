@@ -108,23 +108,28 @@ def test_trials_are_placed_on_both_nodes(ray_cluster, tmp_path):
     assert len({(row["hostname"], row["pid"]) for row in result.rows}) >= 2
 
 
+@pytest.mark.parametrize("when", ["after its last report", "at the start"])
 @pytest.mark.parametrize("backend", ["ray", "kerastuner"])
-def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(backend, tmp_path, request):
+def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(backend, when, tmp_path, request):
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
-    path = space_file(tmp_path, data={"crash_resolution": 40})
+    knob = "crash_resolution" if when == "after its last report" else "crash_at_start"
+    path = space_file(tmp_path, data={knob: 40})
     result = run_search(path, backend=backend, num_trials=4, output_dir=tmp_path / "out",
                         trial_fn=fakes.quick_trial, echo=quiet)
     failed = [row for row in result.rows if row["status"] == FAILED]
     assert len(result.rows) == 4 and failed and len(failed) < 4
     for row in result.rows:
         if row["resolution"] == 40:
-            assert row["status"] == FAILED and row["error"] == f"RuntimeError: injected crash in {row['key']}"
+            message = "injected crash in" if knob == "crash_resolution" else "injected crash at the start of"
+            assert row["status"] == FAILED and row["error"] == f"RuntimeError: {message} {row['key']}"
+            assert row["epoch"] == (2 if knob == "crash_resolution" else None), row
         else:
             assert row["status"] == OK and row["error"] is None
     assert load_spec(result.best).name.startswith("tiny-")
     table = pd.read_csv(result.folder / "trials.csv")
     assert table["error"].notna().sum() == len(failed)
+    assert len(pd.read_csv(result.folder / "pareto.csv")) >= 1
 
 
 def test_asha_stops_weak_trials_after_an_epoch(ray_cluster, tmp_path):
@@ -454,3 +459,36 @@ def test_the_default_trial_trains_a_stream_model_and_times_it_per_frame(tmp_path
     assert row["device"] == table.loc[0, "device"] == "CPU"
     candidate = decode(load_space(path), json.loads(row["point"]))
     assert row["params"] == candidate.cost(4).params
+
+
+def test_a_real_search_through_the_cli_resumes_with_its_flags_and_writes_the_best_candidate(tmp_path, capsys):
+    """``movinet search`` with real (tiny) trials: --algorithm grid and --num-trials 1, then
+    --resume with --num-trials 2 trains only the grid's next candidate; the summary table and
+    best_candidate.yaml follow the trials; without --resume the folder is refused (status 2)."""
+    from cli.main import main
+    from search.samplers import make_sampler
+
+    path = space_file(tmp_path, data={"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4},
+                      budget={"epochs": 1, "verbose": 0})
+    out = tmp_path / "out"
+    argv = ["search", str(path), "--backend", "kerastuner", "--algorithm", "grid", "--output-dir", str(out)]
+    assert main(argv + ["--num-trials", "1"]) == 0
+    first = Ledger(out / "tiny").rows()
+    assert main(argv + ["--num-trials", "2"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(argv + ["--num-trials", "2", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    rows = Ledger(out / "tiny").rows()
+    grid = make_sampler(load_space(path), "grid")
+    assert [row["key"] for row in rows] == [grid.suggest().key, grid.suggest().key]
+    assert rows[:1] == first and all(row["status"] == OK and row["loss"] > 0 for row in rows)
+    assert "2 trials: 2 ok, 0 stopped early, 0 failed" in printed
+    for row in rows:
+        assert any(line.split()[:4] == [str(row["trial"]), row["key"], OK, f"{row['top1']:.3f}"]
+                   for line in printed.splitlines()), row["key"]
+    best = max(rows, key=lambda row: (row["reward"], -row["macs"]))
+    saved = yaml.safe_load((out / "tiny" / "best_candidate.yaml").read_text())
+    candidate = decode(load_space(path), json.loads(best["point"]))
+    assert saved["spec"]["blocks"] == candidate.spec.to_dict()["blocks"]
+    assert (saved["frames"], saved["resolution"], saved["options"]) == \
+        (best["frames"], best["resolution"], dict(candidate.options))
