@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
+import movinet
 from movinet import checkpoints, predict
 from tests.helpers import CODECS, RESOLUTION, TINY_SPEC, clips, random_model, write_video
 
@@ -203,3 +204,48 @@ def test_predict_cli_model_that_is_no_model_is_named_with_what_model_takes(tmp_p
     for model, message in expected.items():
         status, lines, errors = run_cli(capsys, "predict", video, "--model", model, "--resolution", RESOLUTION)
         assert (status, lines, errors) == (2, [], [f"movinet predict: error: {message}"])
+
+
+@pytest.mark.slow
+def test_predict_cli_with_a_named_model_and_the_official_checkpoint(tmp_path, capsys):
+    """``predict --model a0 --checkpoint``, against the official A0 stream weights loaded here and
+    run frame by frame."""
+    import tensorflow as tf
+
+    from tests.helpers import FIXTURES
+
+    official = FIXTURES / "official" / "a0_stream"
+    video = motion_video(tmp_path / "motion.mp4", frames=4, fps=5)
+    model = movinet.build_model("a0", "stream", num_classes=10)
+    checkpoints.load_weights(model, official)
+    frames = predict.read_video(video, resolution=64, fps=5)
+    states, expected = model.init_states((1, 1, 64, 64, 3)), []
+    for frame in frames:
+        logits, states = model({**states, "image": frame[None, None]})
+        expected.append(tf.nn.softmax(logits[0]).numpy())
+    status, lines, _ = run_cli(capsys, "predict", video, "--model", "a0", "--checkpoint", official,
+                               "--num-classes", 10, "--resolution", 64, "--fps", 5, "--top-k", 3, "--json")
+    assert status == 0 and len(lines) == len(frames) == 4
+    for line, probabilities in zip(lines, expected):
+        top = json.loads(line)["top_k"]
+        order = np.argsort(-probabilities)[:3]
+        assert [c["class"] for c in top] == order.tolist()
+        # printed to 6 decimals
+        np.testing.assert_allclose([c["probability"] for c in top], probabilities[order], atol=1.5e-6)
+
+
+def test_export_cli_saved_model_streams_the_keras_models_logits(tmp_path, capsys, saved_models):
+    import tensorflow as tf
+
+    status, lines, _ = run_cli(capsys, "export", saved_models["stream"], "--format", "saved_model",
+                               "--resolution", RESOLUTION, "--out", tmp_path / "saved")
+    assert status == 0
+    model = checkpoints.load_model(saved_models["stream"])
+    clip = clips(1, frames=3)
+    saved = tf.saved_model.load(str(tmp_path / "saved"))
+    states = saved.signatures["init_states"](input_shape=tf.constant(clip[:, :1].shape, tf.int32))
+    for t in range(3):
+        outputs = saved.signatures["call"](image=tf.constant(clip[:, t:t + 1]), **states)
+        logits = outputs.pop("logits").numpy()
+        states = outputs
+    np.testing.assert_allclose(logits, model(clip).numpy(), atol=1e-5)
