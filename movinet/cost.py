@@ -215,8 +215,9 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
 
     project = spec.head.project_filters
     params, stats = 4 * project, 2 * project
+    head_pool = causal and options.average_pooling_type == "3d"   # only the 3D mean runs over frames
     append(new_layer(LayerCost, ("head", (1, 1, 1, project), cin * project + params, stats,
-                                 t * h * w * cin * project, project if causal else 0, int(causal))))
+                                 t * h * w * cin * project, project if head_pool else 0, int(head_pool))))
     hidden, classes = spec.head.head_filters, options.num_classes
     append(new_layer(LayerCost, ("classifier_head", (1, 1, 1, hidden), project * hidden + hidden, 0,
                                  project * hidden, 0, 0)))
@@ -247,8 +248,9 @@ def state_shapes(spec: "ModelSpec | str", options: ModelOptions, batch: int, hei
         if options.positional_encoding and options.se_type != "none":
             shapes[f"{prefix}_pos_enc_frame_count"] = ((1,), "int32")
         h, w = ho, wo
-    shapes["state_head_pool_buffer"] = ((batch, 1, 1, 1, spec.head.project_filters), "float32")
-    shapes["state_head_pool_frame_count"] = ((1,), "int32")
+    if options.average_pooling_type == "3d":       # '2d' and 'none' pool each frame on its own
+        shapes["state_head_pool_buffer"] = ((batch, 1, 1, 1, spec.head.project_filters), "float32")
+        shapes["state_head_pool_frame_count"] = ((1,), "int32")
     return shapes
 
 

@@ -78,6 +78,36 @@ def test_cost_model_multiply_adds_count_the_built_stream_models_kernels(name, op
     assert movinet.cost(name, "stream", frames=5, resolution=(72, 56), num_classes=7, **options).macs == expected
 
 
+def test_the_other_build_options_take_effect():
+    """Each option changes what it should: the pooled head's shape, the SE width (counted by the
+    cost model), the BN kind and epsilon, the kernels' initial distribution."""
+    clip = np.random.default_rng(9).random((1, 3, 32, 32, 3), dtype=np.float32)
+    pooled = {kind: movinet.build_model(TINY_SPEC, "stream", num_classes=3, average_pooling_type=kind)
+              for kind in ("3d", "2d", "none")}
+    shapes = {kind: tuple(model.call_endpoints(clip)[0]["head"].shape) for kind, model in pooled.items()}
+    assert shapes == {"3d": (1, 1, 1, 1, 48), "2d": (1, 3, 1, 1, 48), "none": (1, 3, 4, 4, 48)}
+    for model in pooled.values():                 # each streams: its states are those it returns
+        states = model.init_states(clip.shape)
+        for t in range(2):
+            _, states = model({**states, "image": clip[:, t:t + 1]})
+        assert set(states) == set(model.init_states(clip.shape))
+    assert movinet.cost(TINY_SPEC, "stream", average_pooling_type="2d", frames=3, resolution=32).state_elements == \
+        sum(np.prod(shape) for shape, dtype in pooled["2d"].state_shapes(clip.shape).values() if dtype == "float32")
+    wide = movinet.build_model(TINY_SPEC, "stream", num_classes=3, se_ratio=0.5)
+    assert wide.blocks[0].se.hidden == 2 * pooled["3d"].blocks[0].se.hidden == 32
+    assert wide.count_params() == movinet.cost(TINY_SPEC, "stream", num_classes=3, se_ratio=0.5).params
+    synced = movinet.build_model(TINY_SPEC, "stream", num_classes=3, use_sync_bn=True, norm_epsilon=0.5)
+    norms = [layer for layer in synced._flatten_layers() if isinstance(layer, BatchNorm)]
+    assert norms and all(layer.synchronized and layer.epsilon == 0.5 for layer in norms)
+    weights = pooled["3d"].get_weights()
+    synced.set_weights(weights)
+    assert np.abs(synced(clip).numpy() - pooled["3d"](clip).numpy()).max() > 1e-4
+    keras.utils.set_random_seed(0)
+    uniform = movinet.build_model(TINY_SPEC, "stream", num_classes=3, kernel_initializer="zeros")
+    assert not np.any(uniform.blocks[0].expansion.kernel.numpy())
+    assert np.any(pooled["3d"].blocks[0].expansion.kernel.numpy())
+
+
 def test_endpoint_shapes_of_a0():
     model = movinet.build_model("a0")
     endpoints, _ = model.call_endpoints(tf.zeros([1, 8, 128, 128, 3]))
