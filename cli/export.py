@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-MODEL_HELP = ("a published name (a0..a5, t0) or spec YAML (with --checkpoint), or a directory written by "
-              "movinet.checkpoints.save")
+MODEL_HELP = ("a published name (a0..a5, t0) or spec YAML (with --checkpoint), an ensemble name (a6), or a "
+              "directory written by movinet.checkpoints.save or `movinet family materialize`")
 
 
 def register(subparsers) -> None:
@@ -59,8 +59,7 @@ def run_export(args) -> int:
     from movinet import export, predict, runners
 
     _set_threads(args.threads)
-    model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
-                               num_classes=args.num_classes)
+    model = load_model(args)
     if args.format == "saved_model":
         if args.quantize or args.calibration or args.check:
             raise ValueError("--quantize, --calibration and --check apply to --format tflite only")
@@ -96,14 +95,36 @@ def run_predict(args) -> int:
     if args.pipeline < 1:
         raise ValueError(f"--pipeline {args.pipeline}: expected a positive number of stages")
     _set_threads(args.threads)
-    model = predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
-                               num_classes=args.num_classes, num_threads=args.threads)
+    model = load_model(args, num_threads=args.threads)
     labels = predict.read_labels(args.labels, predict.num_classes(model)) if args.labels else None
     for prediction in predict.predict_video(args.video, model, resolution=args.resolution, fps=args.fps,
                                             k=args.top_k, labels=labels, jit_compile=args.xla,
                                             stages=args.pipeline):
         print(json.dumps(prediction.to_dict()) if args.json else prediction.format(), flush=True)
     return 0
+
+
+def load_model(args, num_threads: int | None = None):
+    """The model that MODEL / --model names: what ``movinet.predict.load_model`` reads, or an ensemble
+    (a directory written by ``movinet family materialize``, or a name of the registry)."""
+    import warnings
+    from pathlib import Path
+
+    from family import registry
+    from movinet import predict
+
+    path = Path(args.model)
+    ensemble_dir = path.is_dir() and (path / registry.ENSEMBLE_FILE).exists()
+    if ensemble_dir or (not path.exists() and args.model in registry.load_ensembles()):
+        if args.checkpoint:
+            raise ValueError(f"{args.model} is an ensemble: give its members' checkpoints to `movinet family "
+                             "materialize` and pass the folder it writes, without --checkpoint")
+        if ensemble_dir:
+            return registry.load(path)
+        warnings.warn(f"{args.model} has random weights (materialize it with checkpoints first)", stacklevel=2)
+        return registry.build(args.model, args.mode, num_classes=args.num_classes)
+    return predict.load_model(args.model, checkpoint=args.checkpoint, mode=args.mode,
+                              num_classes=args.num_classes, num_threads=num_threads)
 
 
 def _set_threads(threads: int | None) -> None:

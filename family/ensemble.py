@@ -15,13 +15,15 @@ streaming chunk by chunk gives the logits of the whole clip.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
-from movinet.model import MovinetClassifier, StateError
+from movinet.model import MovinetClassifier, StateError, fold_batch_norm
+from movinet.spec import InputSpec
 
 SEPARATOR = "/"
 
@@ -47,8 +49,11 @@ class Ensemble(keras.Model):
     mode, how a chunk is shared out (``call_stream``).
     """
 
-    def __init__(self, members: Sequence[MovinetClassifier], member_names: Sequence[str], **kwargs):
+    def __init__(self, members: Sequence[MovinetClassifier], member_names: Sequence[str],
+                 video_input: "InputSpec | Mapping | None" = None, **kwargs):
         super().__init__(**kwargs)
+        # The video the ensemble is fed (frames, resolution, fps): the defaults of export and predict.
+        self.video_input = InputSpec(**video_input) if isinstance(video_input, Mapping) else video_input
         members = [keras.saving.deserialize_keras_object(m) if isinstance(m, Mapping) else m for m in members]
         member_names = list(member_names)
         if len(members) < 2 or len(members) != len(member_names):
@@ -135,10 +140,17 @@ class Ensemble(keras.Model):
         """Zero states, the start of a video of shape [B, T, H, W, 3]."""
         return {name: tf.zeros(shape, dtype) for name, (shape, dtype) in self.state_shapes(video_shape).items()}
 
+    def fold_batch_norm(self) -> "Ensemble":
+        """An inference-only copy whose members have their batch norms folded (movinet.fold_batch_norm)."""
+        config = self.get_config()
+        config["members"] = [fold_batch_norm(member) for member in self.members]
+        return type(self).from_config(config)
+
     def get_config(self):
         config = super().get_config()
         config.update(members=[keras.saving.serialize_keras_object(m) for m in self.members],
-                      member_names=list(self.member_names))
+                      member_names=list(self.member_names),
+                      video_input=dataclasses.asdict(self.video_input) if self.video_input else None)
         return config
 
     @classmethod
@@ -208,11 +220,17 @@ class TemporalEnsemble(Ensemble):
     def call_stream(self, image, states, training=None):
         count = len(self.members)
         seen = tf.cast(states[self.COUNT], tf.int32)[0]
-        frames = tf.shape(image)[1]
+        one_frame = image.shape[1] == 1
+        frames = 1 if one_frame else tf.shape(image)[1]
         logits, weights, new_states = [], [], {self.COUNT: states[self.COUNT] + frames}
         for k, member in enumerate(self.members):
-            first = tf.math.floormod(k - seen, count)              # the chunk's first frame for member k
-            picked = tf.gather(image, tf.range(first, frames, count), axis=1)
+            if one_frame:
+                # The exported step: static shapes, which TF Lite's kernels need inside a branch.
+                picked, turn = image, tf.equal(tf.math.floormod(seen - k, count), 0)
+            else:
+                first = tf.math.floormod(k - seen, count)              # the chunk's first frame for member k
+                picked = tf.gather(image, tf.range(first, frames, count), axis=1)
+                turn = tf.shape(picked)[1] > 0
             before = self.member_states(k, states)
             last = tf.cast(before.pop(self.LOGITS), tf.float32)
 
@@ -222,7 +240,7 @@ class TemporalEnsemble(Ensemble):
             def skip(before=before, last=last):
                 return last, before
 
-            member_logits, after = tf.cond(tf.shape(picked)[1] > 0, run, skip)
+            member_logits, after = tf.cond(turn, run, skip)
             logits.append(member_logits)
             new_states.update(self.prefixed(k, {**after, self.LOGITS: member_logits}))
             frames_seen = (seen + frames - k + count - 1) // count

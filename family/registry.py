@@ -73,15 +73,18 @@ def load_ensembles(path: "str | Path | None" = None) -> dict[str, EnsembleEntry]
             except SpecError as err:
                 r.fail(f"{where}.members[{k}]", str(err))
             names.append(member_name)
-        clip = None
-        if entry.get("input") is not None:
-            given = r.mapping(entry["input"], f"{where}.input", ("frames", "resolution", "fps"))
-            clip = InputSpec(frames=r.positive_int(given["frames"], f"{where}.input.frames"),
-                             resolution=r.positive_int(given["resolution"], f"{where}.input.resolution"),
-                             fps=r.positive_number(given["fps"], f"{where}.input.fps"))
+        clip = read_input(r, entry["input"], f"{where}.input") if entry.get("input") is not None else None
         entries[str(name)] = EnsembleEntry(str(name), entry["kind"], tuple(names), tuple(specs), clip,
                                            dict(entry.get("published") or {}))
     return entries
+
+
+def read_input(r: _FamilyReader, given, where: str) -> InputSpec:
+    """An ``input: {frames, resolution, fps}`` mapping of a registry or ensemble file."""
+    r.mapping(given, where, ("frames", "resolution", "fps"))
+    return InputSpec(frames=r.positive_int(given["frames"], f"{where}.frames"),
+                     resolution=r.positive_int(given["resolution"], f"{where}.resolution"),
+                     fps=r.positive_number(given["fps"], f"{where}.fps"))
 
 
 def names(ensembles: Mapping[str, EnsembleEntry] | None = None) -> list[str]:
@@ -98,9 +101,14 @@ def _entry(name: str, ensembles: Mapping[str, EnsembleEntry] | None) -> Ensemble
     return None
 
 
+def ensemble_video(entry: EnsembleEntry) -> InputSpec:
+    """The video an ensemble is fed: its ``input``, else its longest member's published clip."""
+    return entry.input or max((s.input for s in entry.member_specs if s.input), key=lambda i: i.frames)
+
+
 def member_clips(entry: EnsembleEntry) -> list[tuple[int, int]]:
     """(frames, resolution) each member of an ensemble sees of the ensemble's input video."""
-    video = entry.input or max((s.input for s in entry.member_specs if s.input), key=lambda i: i.frames)
+    video = ensemble_video(entry)
     count = len(entry.member_specs)
     if entry.kind == "temporal":
         return [(len(range(k, video.frames, count)), video.resolution) for k in range(count)]
@@ -148,7 +156,8 @@ def build(name: str, mode: str = "base", *, num_classes: int = 600,
     extra = {}
     if entry.kind == "resolution":
         extra["resolutions"] = list(resolutions or [clip[1] for clip in member_clips(entry)])
-    return ensemble_class(entry.kind)(members, list(entry.member_names), name=f"movinet_{name}_{mode}", **extra)
+    return ensemble_class(entry.kind)(members, list(entry.member_names), video_input=ensemble_video(entry),
+                                      name=f"movinet_{name}_{mode}", **extra)
 
 
 def describe(name: str, mode: str = "base", ensembles: Mapping[str, EnsembleEntry] | None = None) -> dict:
@@ -163,7 +172,7 @@ def describe(name: str, mode: str = "base", ensembles: Mapping[str, EnsembleEntr
     clips = member_clips(entry)
     costs = [cost(spec, mode, frames=frames, resolution=resolution)
              for spec, (frames, resolution) in zip(entry.member_specs, clips)]
-    video = entry.input or max((s.input for s in entry.member_specs if s.input), key=lambda i: i.frames)
+    video = ensemble_video(entry)
     return {"name": name, "members": list(entry.member_names), "input": video,
             "params": sum(c.params for c in costs), "macs": sum(c.macs for c in costs),
             "top1": entry.published.get(f"top1_{mode}"), "clips": clips}
@@ -206,6 +215,8 @@ def save(model, out_dir: "str | Path") -> Path:
     description = {"name": model.name, "kind": kind, "mode": model.mode, "members": members}
     if kind == "resolution":
         description["resolutions"] = list(model.resolutions)
+    if model.video_input is not None:
+        description["input"] = dataclasses.asdict(model.video_input)
     (out_dir / ENSEMBLE_FILE).write_text(yaml.safe_dump(description, sort_keys=False))
     return out_dir
 
@@ -220,7 +231,7 @@ def load(directory: "str | Path"):
         return checkpoints.load_model(directory)
     r = FamilyReader(str(path))
     data = read_yaml(path, "ensemble", FamilyError)
-    r.mapping(data, "", ("name", "kind", "members"), ("mode", "resolutions"))
+    r.mapping(data, "", ("name", "kind", "members"), ("mode", "resolutions", "input"))
     if data["kind"] not in KINDS:
         r.fail("kind", f"expected one of {list(KINDS)}, got {data['kind']!r}")
     if not isinstance(data["members"], list) or len(data["members"]) < 2:
@@ -239,4 +250,6 @@ def load(directory: "str | Path"):
     if data["kind"] == "resolution" and (not isinstance(resolutions, list) or len(resolutions) != len(members)):
         r.fail("resolutions", f"expected one resolution per member, got {resolutions!r}")
     extra = {"resolutions": resolutions} if data["kind"] == "resolution" else {}
+    if data.get("input") is not None:
+        extra["video_input"] = read_input(r, data["input"], "input")
     return ensemble_class(data["kind"])(members, member_names, name=str(data["name"]), **extra)

@@ -24,7 +24,6 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from movinet.cost import state_shapes
 from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
 QUANTIZATIONS = (None, "float16", "int8")
@@ -46,7 +45,7 @@ def state_specs(model, batch: int | None, height: int | None, width: int | None)
     different sizes, so this holds for any spec and options.
     """
     def shapes(b, h, w):
-        return state_shapes(model.spec, model.options, b, h, w)
+        return model.state_shapes((b, 1, h, w, 3))
 
     first = shapes(batch or 2, height or 32, width or 32)
     second = shapes(batch or 3, height or 64, width or 64)
@@ -79,8 +78,7 @@ def serving_functions(model, *, batch=1, frames=None, resolution=None) -> dict:
         return {**states, "logits": logits}
 
     def init_states(input_shape):
-        zeros = state_shapes(model.spec, model.options, input_shape[0], input_shape[2], input_shape[3])
-        return {name: tf.zeros(shape, dtype) for name, (shape, dtype) in zeros.items()}
+        return model.init_states([input_shape[0], 1, input_shape[2], input_shape[3], 3])
 
     inputs = {**state_specs(model, batch, height, width), "image": image}
     return {"call": tf.function(call).get_concrete_function(inputs),
@@ -146,7 +144,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         post-training, calibrated on ``calibration``).
       calibration: float32 clips [T, H, W, 3] at ``resolution`` (int8 only). A stream model
         is calibrated on the frames and carried states it meets while streaming them.
-      frames: the clip length of a base model (default: the spec's published input).
+      frames: the clip length of a base model (default: its published input, ``video_input``).
     Raises:
       ExportError: an unknown quantization, int8 without calibration clips, or a model that
         needs ops outside the TF Lite builtins.
@@ -161,9 +159,9 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     if model.mode == "stream":
         frames = 1
     elif frames is None:
-        if model.spec.input is None:
-            raise ExportError(f"{model.spec.name} has no published clip length; pass frames=")
-        frames = model.spec.input.frames
+        if model.video_input is None:
+            raise ExportError(f"{model.name} has no published clip length; pass frames=")
+        frames = model.video_input.frames
     signature = "call" if model.mode == "stream" else "serving_default"
     function = serving_functions(model, batch=1, frames=frames, resolution=(height, width))[signature]
     dataset = None
@@ -176,7 +174,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     try:
         flatbuffer = convert(function, _variables_holder(model), quantization, dataset)
     except ExportError as err:
-        raise ExportError(f"{model.spec.name} ({model.mode}, quantization={quantization}): {err}") from None
+        raise ExportError(f"{model.name} ({model.mode}, quantization={quantization}): {err}") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)

@@ -142,7 +142,8 @@ class MovinetClassifier(keras.Model):
 
     def state_shapes(self, video_shape) -> dict[str, tuple[tuple[int, ...], str]]:
         """{name: (shape, dtype)} of the stream states for a [B, T, H, W, 3] video."""
-        batch, _, height, width = (int(d) for d in tuple(video_shape)[:4])
+        # Scalar tensors stay as they are: a traced ``init_states`` takes the shape as an input.
+        batch, _, height, width = (d if tf.is_tensor(d) else int(d) for d in tuple(video_shape)[:4])
         return state_shapes(self.spec, self.options, batch, height, width)
 
     def init_states(self, video_shape) -> dict[str, tf.Tensor]:
@@ -181,6 +182,15 @@ class MovinetClassifier(keras.Model):
     def mode(self) -> str:
         return "stream" if self.options.causal else "base"
 
+    @property
+    def num_classes(self) -> int:
+        return self.options.num_classes
+
+    @property
+    def video_input(self):
+        """The clip the spec was published for (frames, resolution, fps), or None."""
+        return self.spec.input
+
     def get_config(self):
         config = super().get_config()
         config.update(spec=self.spec.to_dict(), options=self.options.to_dict())
@@ -192,13 +202,17 @@ class MovinetClassifier(keras.Model):
         return cls(spec=config.pop("spec"), options=config.pop("options"), **config)
 
 
-def fold_batch_norm(model: MovinetClassifier) -> MovinetClassifier:
+def fold_batch_norm(model):
     """An inference-only copy of ``model`` with every BN and ReZero scale folded into its convolution.
 
     The outputs and states are those of ``model`` (up to float rounding) with no BN or ReZero
     ops (A0 stream: 1,876 graph ops per step instead of 2,730); the copy refuses to train
-    (FoldedError). TF Lite conversion folds the same way on its own.
+    (FoldedError). TF Lite conversion folds the same way on its own. A model made of
+    MovinetClassifiers (an ensemble of ``family.ensemble``) folds its members with its own
+    ``fold_batch_norm()``.
     """
+    if not isinstance(model, MovinetClassifier):
+        return model.fold_batch_norm()
     folded = MovinetClassifier.from_config(model.get_config())
     folded.build()
     folded.set_weights(model.get_weights())

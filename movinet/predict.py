@@ -137,17 +137,17 @@ def load_model(model: str, *, checkpoint: str | None = None, mode: str = "stream
 
 
 def num_classes(model) -> int:
-    """The classifier width of a MovinetClassifier or a TFLiteStreamRunner."""
-    return model.num_classes if isinstance(model, TFLiteStreamRunner) else model.options.num_classes
+    """The classifier width of a Keras model (a MovinetClassifier or an ensemble) or a TFLiteStreamRunner."""
+    return model.num_classes
 
 
 def model_input(model, resolution: int | None, fps: float | None) -> tuple[int, float]:
     """The (resolution, fps) to feed ``model``: as given, else the model's own.
 
-    A TF Lite model has a fixed resolution; a Keras model defaults to its spec's published
-    input. The frame rate defaults to the published one, else DEFAULT_FPS.
+    A TF Lite model has a fixed resolution; a Keras model defaults to its published input
+    (``video_input``: its spec's, an ensemble's video). The frame rate defaults to the published one, else DEFAULT_FPS.
     """
-    spec_input = getattr(getattr(model, "spec", None), "input", None)
+    spec_input = None if isinstance(model, TFLiteStreamRunner) else model.video_input
     if isinstance(model, TFLiteStreamRunner):
         fixed = model.image_shape[2]
         if resolution is not None and resolution != fixed:
@@ -155,7 +155,7 @@ def model_input(model, resolution: int | None, fps: float | None) -> tuple[int, 
         resolution = fixed
     elif resolution is None:
         if spec_input is None:
-            raise ValueError(f"{model.spec.name} has no published resolution; pass one")
+            raise ValueError(f"{model.name} has no published resolution; pass one")
         resolution = spec_input.resolution
     if fps is None:
         fps = spec_input.fps if spec_input is not None else DEFAULT_FPS

@@ -1,5 +1,9 @@
 """Helpers shared by the tests: fixture paths, weight randomization, small random models and clips, videos."""
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import av
@@ -111,3 +115,53 @@ def resized_frame_by_frame(video, size):
 
     video = np.asarray(video)
     return np.stack([np.stack([tf.image.resize(frame, [size, size]).numpy() for frame in clip]) for clip in video])
+
+
+PROJECT_PACKAGES = ("movinet", "search", "family", "cli")
+
+# Run with -I (no working folder, PYTHONPATH or user site on the path) and the project's packages
+# refused: `import movinet` raises ImportError however the project is installed (an editable
+# install's path hook too), while the test's own site-packages stay (a .venv in the checkout too).
+RELOAD = textwrap.dedent("""
+    import sys
+    sys.modules.update(dict.fromkeys({packages!r}))
+    try:
+        import movinet
+        raise AssertionError("movinet must not be importable here")
+    except ImportError:
+        pass
+    import numpy as np
+    import tensorflow as tf
+    assert tf.__file__ == {tensorflow!r}, f"TensorFlow from {{tf.__file__}}, not from the test's environment"
+
+    frames = np.load("frames.npy")
+    for name, (path, stream) in {jobs!r}.items():
+        model = tf.saved_model.load(path)
+        if not stream:
+            logits = model.signatures["serving_default"](image=tf.constant(frames[None]))["logits"].numpy()[0]
+        else:
+            shape = tf.constant([1, 1, *frames.shape[1:]], tf.int32)
+            states, logits = model.signatures["init_states"](input_shape=shape), []
+            for frame in frames:
+                outputs = model.signatures["call"](image=tf.constant(frame[None, None]), **states)
+                logits.append(outputs.pop("logits").numpy()[0])
+                states = outputs
+        np.save(name + ".npy", np.stack(logits))
+""")
+
+
+def saved_model_logits(models: dict, frames: np.ndarray, workdir: Path) -> dict:
+    """{name: logits} of SavedModels run in a Python process where this project cannot be imported.
+
+    Args:
+      models: {name: (SavedModel directory, stream?)}; a stream model gives the logits after each
+        frame (states from its ``init_states`` signature), a base model those of the whole clip.
+    """
+    np.save(workdir / "frames.npy", frames)
+    jobs = {name: (str(path), stream) for name, (path, stream) in models.items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    import tensorflow as tf
+
+    script = RELOAD.format(packages=PROJECT_PACKAGES, tensorflow=tf.__file__, jobs=jobs)
+    subprocess.run([sys.executable, "-I", "-c", script], cwd=workdir, env=env, check=True, timeout=300)
+    return {name: np.load(workdir / f"{name}.npy") for name in models}

@@ -68,6 +68,8 @@ def test_materialized_ensemble_has_members_in_subfolders_and_loads_back(tmp_path
     assert (folder / "a0" / "spec.yaml").exists() and (folder / "t0" / "options.json").exists()
     loaded = registry.load(folder)
     assert loaded.resolutions == [160, 172] and loaded.mode == "base"
+    # The video it is fed (export's and predict's defaults): the longest member's published clip, a0's.
+    assert loaded.video_input == movinet.load_spec("a0").input
 
 
 def test_saved_stream_ensemble_loads_back_with_its_weights(tmp_path, small_ensembles):

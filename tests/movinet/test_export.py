@@ -1,9 +1,5 @@
 """SavedModel and TF Lite export: numerics against the Keras model, by name, frame by frame."""
 
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import numpy as np
@@ -12,9 +8,8 @@ import tensorflow as tf
 
 import movinet
 from movinet import export, runners
-from tests.helpers import NUM_CLASSES, RESOLUTION, TINY_SPEC, clip_dependent_logits, clips, random_model
-
-PROJECT_PACKAGES = ("movinet", "search", "family", "cli")
+from tests.helpers import (NUM_CLASSES, RESOLUTION, TINY_SPEC, clip_dependent_logits, clips, random_model,
+                           saved_model_logits)
 
 
 def frame_logits(model, clip):
@@ -166,36 +161,6 @@ def test_tflite_base_model_on_a_fixed_clip(tmp_path):
     np.testing.assert_allclose(steps[-1][1], np.mean(windows, axis=0), atol=1e-4)
 
 
-# Run with -I (no working folder, PYTHONPATH or user site on the path) and the project's packages
-# refused: `import movinet` raises ImportError however the project is installed (an editable
-# install's path hook too), while the test's own site-packages stay (a .venv in the checkout too).
-RELOAD = textwrap.dedent("""
-    import sys
-    sys.modules.update(dict.fromkeys({packages!r}))
-    try:
-        import movinet
-        raise AssertionError("movinet must not be importable here")
-    except ImportError:
-        pass
-    import numpy as np
-    import tensorflow as tf
-    assert tf.__file__ == {tensorflow!r}, f"TensorFlow from {{tf.__file__}}, not from the test's environment"
-
-    frames = np.load("frames.npy")
-    stream = tf.saved_model.load("stream")
-    states = stream.signatures["init_states"](input_shape=tf.constant([1, 1, *frames.shape[1:]], tf.int32))
-    call = stream.signatures["call"]
-    logits = []
-    for frame in frames:
-        outputs = call(image=tf.constant(frame[None, None]), **states)
-        logits.append(outputs.pop("logits").numpy()[0])
-        states = outputs
-    np.save("stream_logits.npy", np.stack(logits))
-    base = tf.saved_model.load("base").signatures["serving_default"]
-    np.save("base_logits.npy", base(image=tf.constant(frames[None]))["logits"].numpy()[0])
-""")
-
-
 @pytest.mark.slow
 def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     from movinet.predict import read_video
@@ -207,14 +172,10 @@ def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
     export.export_saved_model(base, tmp_path / "base", frames=None, resolution=None, batch=None)
     video = write_video(tmp_path / "clip.mp4", (clips(1, frames=10)[0] * 255).astype(np.uint8), fps=5)
     frames = read_video(video, resolution=48, fps=5)
-    np.save(tmp_path / "frames.npy", frames)
+    reloaded = saved_model_logits({"stream": (tmp_path / "stream", True), "base": (tmp_path / "base", False)},
+                                  frames, tmp_path)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    script = RELOAD.format(packages=PROJECT_PACKAGES, tensorflow=tf.__file__)
-    subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, check=True, timeout=300)
-
-    expected = frame_logits(stream, frames)
-    gap = np.abs(np.load(tmp_path / "stream_logits.npy") - expected).max()
+    gap = np.abs(reloaded["stream"] - frame_logits(stream, frames)).max()
     print(f"\nreloaded stream SavedModel vs Keras, per frame at 48x48: max |diff| {gap:.2e}")
     assert gap < 1e-4
-    np.testing.assert_allclose(np.load(tmp_path / "base_logits.npy"), base(frames[None]).numpy()[0], atol=1e-4)
+    np.testing.assert_allclose(reloaded["base"], base(frames[None]).numpy()[0], atol=1e-4)
