@@ -3,6 +3,7 @@
     python benchmarks/bench.py [--official-python .official-env/bin/python] [--only stream,base,...] [--pairs 3]
     python benchmarks/bench.py --train-only stream [--batch 2] [--se-type none] [--jit-compile] [--profile]
     python benchmarks/bench.py --stream-only xla|tflite|pipeline [--threads 1]
+    python benchmarks/bench.py --only tflite --official-python .official-env/bin/python [--threads 2]
 
 Each figure is printed with the official figure and the ratio when the official environment
 (benchmarks/make_official_env.sh) is given, and as a fraction of this machine's float32
@@ -115,6 +116,85 @@ def ours_tflite_stream(resolution: int = 172, frames: int = 100, num_threads: in
         runner = runners.TFLiteStreamRunner(path, num_threads=num_threads or os.cpu_count())
         frame = np.random.default_rng(0).random((resolution, resolution, 3), dtype=np.float32)
         return timed(lambda: runner.step(frame), repeats=frames, warmup=5)
+
+
+def tflite_files(folder: Path, official_python: str, resolution: int = 172) -> dict[str, Path]:
+    """A0 stream TF Lite files for one 172x172 frame: ours in float32 and int8 (calibrated on frames
+    with carried states of synthetic motion clips), and the official export made in its own environment."""
+    import movinet
+    from movinet import export
+    from movinet.data.synthetic import synthetic_motion
+
+    model = movinet.build_model("a0", "stream")
+    files = {"ours float32": export.export_tflite(model, folder / "ours_float32.tflite", resolution=resolution)}
+    calibration = synthetic_motion(4, 8, resolution, split="train")[0]
+    files["ours int8"] = export.export_tflite(model, folder / "ours_int8.tflite", resolution=resolution,
+                                              quantization="int8", calibration=calibration)
+    if official_python:
+        path = folder / "official_float32.tflite"
+        out = subprocess.run([official_python, str(HERE / "official_bench.py"), "tflite", str(path)],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            files["official float32"] = path
+        else:
+            print(f"  (official TF Lite export failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
+    return files
+
+
+def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 9, frames: int = 20) -> dict:
+    """ms a frame of each file, measured in turns in one process (rounds of ``frames`` steps each, the
+    median round kept): on a shared machine a ratio of such turns holds where separate runs do not."""
+    import numpy as np
+
+    from movinet import export
+
+    runners = {name: export.TFLiteStreamRunner(path, num_threads=threads) for name, path in files.items()}
+    frame = np.random.default_rng(0).random((172, 172, 3), dtype=np.float32)
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name].append(timed(lambda: runner.step(frame), repeats=frames, warmup=2) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_tflite_ops(path: Path) -> None:
+    """The ops of a TF Lite file by type, and those XNNPACK leaves to TF Lite's own kernels (which
+    also cut the graph into more delegate partitions)."""
+    import collections
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    # One op per delegate node: a delegated op's node has the outputs of the op it replaced.
+    interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_disable_delegate_node_fusion=True)
+    interpreter.allocate_tensors()
+    nodes = interpreter._get_ops_details()
+    delegated = {tuple(node["outputs"]) for node in nodes if node["op_name"] == "DELEGATE"}
+    ops = [node for node in nodes if node["op_name"] != "DELEGATE"]
+    kept = collections.Counter(node["op_name"] for node in ops if tuple(node["outputs"]) not in delegated)
+    print(f"    {len(ops)} ops: " + ", ".join(f"{name} {count}" for name, count in
+                                          collections.Counter(node["op_name"] for node in ops).most_common()))
+    print("    outside XNNPACK: " + (", ".join(f"{name} {count}" for name, count in kept.most_common()) or "none"))
+
+
+def tflite_report(official_python: str, threads: int = 2) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-tflite-") as folder:
+        files = tflite_files(Path(folder), official_python)
+        for name, path in files.items():
+            print(f"  {name}: {path.stat().st_size / 1e6:.2f} MB")
+            print_tflite_ops(path)
+        ms = tflite_side_by_side(files, threads)
+    float32 = ms["ours float32"]
+    for name, value in ms.items():
+        line = f"A0 stream TF Lite {name}, 172x172, {threads} threads: {value:.2f} ms/frame"
+        if name != "ours float32":
+            line += f" ({value / float32:.2f}x ours float32)"
+        print(line)
+    size = {name: path.stat().st_size for name, path in files.items()}
+    print(f"  int8 / float32: time {ms['ours int8'] / float32:.2f}x, file {size['ours int8'] / size['ours float32']:.2f}x")
+    if "official float32" in ms:
+        print(f"  ours float32 / official float32: time {float32 / ms['official float32']:.2f}x")
 
 
 def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit_compile: bool = False) -> float:
@@ -338,7 +418,7 @@ def row(name, ours, reference, unit, lower_is_better=True, peak=None, macs=None)
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official-python", default=os.environ.get("MOVINET_OFFICIAL_PYTHON", ""))
-    parser.add_argument("--only", default="peak,stream,base,train,memory,cost",
+    parser.add_argument("--only", default="peak,stream,tflite,base,train,memory,cost",
                         help="comma-separated parts; train_base or train_stream for one training mode")
     parser.add_argument("--pairs", type=int, default=1,
                         help="training: this many back-to-back pairs of ours and the official, and their median ratio")
@@ -354,7 +434,7 @@ def main():
                         help="with --train-only: print where a step's op time goes (tf.profiler)")
     parser.add_argument("--stream-only", choices=("xla", "tflite", "pipeline"),
                         help="only time this stream runner (prints ms a frame last)")
-    parser.add_argument("--threads", type=int, help="with --stream-only: TensorFlow's / TF Lite's threads")
+    parser.add_argument("--threads", type=int, help="with --stream-only: TensorFlow's / TF Lite's threads; the tflite part: the interpreters' (default 2)")
     args = parser.parse_args()
     if args.stream_only:
         if args.threads:
@@ -381,10 +461,12 @@ def main():
     import movinet
 
     print(f"machine: {os.cpu_count()} CPUs; TensorFlow threads default")
-    rates = matmul_peak_gflops()
-    peak = max(rates.values())
-    print(f"float32 matmul peak: {peak:.1f} GFLOP/s ("
-          + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()) + ")")
+    peak = None
+    if "peak" in only:
+        rates = matmul_peak_gflops()
+        peak = max(rates.values())
+        print(f"float32 matmul peak: {peak:.1f} GFLOP/s ("
+              + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()) + ")")
     if "stream" in only:
         macs = movinet.cost("a0", "stream", frames=1, resolution=172).macs
         ref = official(args.official_python, "stream")
@@ -401,6 +483,8 @@ def main():
             peak=peak, macs=macs)
         row("  XLA, 2 pipeline stages (--pipeline 2)", stream_in_process("pipeline", 1),
             ref and ref["ms"], "ms", peak=peak, macs=macs)
+    if "tflite" in only:
+        tflite_report(args.official_python, threads=args.threads or 2)
     if "base" in only:
         macs = movinet.cost("a0", "base").macs
         ref = official(args.official_python, "base")

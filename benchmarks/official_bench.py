@@ -1,4 +1,5 @@
-"""Runs one measurement on the official implementation; prints one JSON line.
+"""Runs one measurement on the official implementation, or writes its A0 stream TF Lite file
+(``official_bench.py tflite OUT``); prints one JSON line.
 
 Executed with the official environment's python by bench.py (it imports tf-models-official).
 """
@@ -32,7 +33,27 @@ def build(causal, external_states=None):
     return movinet_model.MovinetClassifier(backbone, num_classes=600, output_states=external_states)
 
 
-def main(what):
+def export_tflite(path):
+    """The official A0 stream TF Lite file, made as the official README does: a SavedModel of
+    one 172x172 frame without the bundled init_states, converted with the default settings."""
+    import tempfile
+
+    from official.projects.movinet.tools.export_saved_model import build_and_export_saved_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        build_and_export_saved_model(export_path=folder, model_id="a0", causal=True, conv_type="2plus1d",
+                                     se_type="2plus3d", activation="hard_swish", gating_activation="hard_sigmoid",
+                                     use_positional_encoding=False, num_classes=600,
+                                     input_shape=(1, 1, 172, 172, 3), bundle_input_init_states_fn=False)
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(folder).convert()
+    with open(path, "wb") as handle:
+        handle.write(flatbuffer)
+    return {"path": path, "bytes": len(flatbuffer)}
+
+
+def main(what, *args):
+    if what == "tflite":
+        return export_tflite(*args)
     if what == "stream":
         model = build(True)
         states = model.init_states(tf.constant([1, 1, 172, 172, 3]))
@@ -70,4 +91,4 @@ def main(what):
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    print(json.dumps(main(*sys.argv[1:])))
