@@ -146,9 +146,9 @@ def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 
     median round kept): on a shared machine a ratio of such turns holds where separate runs do not."""
     import numpy as np
 
-    from movinet import export
+    from movinet.runners import TFLiteStreamRunner
 
-    runners = {name: export.TFLiteStreamRunner(path, num_threads=threads) for name, path in files.items()}
+    runners = {name: TFLiteStreamRunner(path, num_threads=threads) for name, path in files.items()}
     frame = np.random.default_rng(0).random((172, 172, 3), dtype=np.float32)
     times = {name: [] for name in runners}
     for _ in range(rounds):

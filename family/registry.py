@@ -79,7 +79,7 @@ def load_ensembles(path: "str | Path | None" = None) -> dict[str, EnsembleEntry]
     return entries
 
 
-def read_input(r: _FamilyReader, given, where: str) -> InputSpec:
+def read_input(r: FamilyReader, given, where: str) -> InputSpec:
     """An ``input: {frames, resolution, fps}`` mapping of a registry or ensemble file."""
     r.mapping(given, where, ("frames", "resolution", "fps"))
     return InputSpec(frames=r.positive_int(given["frames"], f"{where}.frames"),

@@ -172,10 +172,11 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pipelined(model, resolution: int, stages: int, jit_compile: bool) -> PipelinedStreamRunner:
     """``model`` (a Keras stream model) as ``stages`` consecutive stages on their own threads."""
-    if isinstance(model, TFLiteStreamRunner) or model.mode != "stream":
+    if isinstance(model, TFLiteStreamRunner) or model.mode != "stream" or not hasattr(model, "spec"):
         raise ExportError(f"stages={stages}: a pipeline splits a Keras stream model between its layers; "
                           + ("a TF Lite model runs whole" if isinstance(model, TFLiteStreamRunner)
-                             else "a base model takes the clip at once"))
+                             else "a base model takes the clip at once" if model.mode != "stream"
+                             else "an ensemble runs whole"))
     return PipelinedStreamRunner(model, resolution, stages=stages, jit_compile=jit_compile)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cli.main import main
 from family import ResolutionEnsemble, TemporalEnsemble, registry
-from movinet import export
+from movinet import export, runners
 from movinet.spec import InputSpec
 from tests.helpers import RESOLUTION, TINY_SPEC, clips, random_model, saved_model_logits, write_video
 
@@ -35,11 +35,11 @@ def keras_frame_logits(model, clip):
 @pytest.mark.parametrize("kind", ["resolution", "temporal"])
 def test_stream_ensemble_tflite_gives_its_keras_logits_frame_by_frame(tmp_path, kind):
     model = ensemble(kind)
-    runner = export.TFLiteStreamRunner(export.export_tflite(model, tmp_path / "e.tflite", resolution=RESOLUTION))
+    runner = runners.TFLiteStreamRunner(export.export_tflite(model, tmp_path / "e.tflite", resolution=RESOLUTION))
     assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
     clip = clips(1, frames=7)[0]
     expected = keras_frame_logits(model, clip)
-    got = np.stack([logits for _, logits in export.running_logits(runner, clip)])
+    got = np.stack([logits for _, logits in runners.running_logits(runner, clip)])
     print(f"\n{kind} stream ensemble, TF Lite float32 vs Keras per frame: max |diff| {np.abs(got - expected).max():.2e}")
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
