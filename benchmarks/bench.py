@@ -157,6 +157,22 @@ def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def int8_agreement(files: dict[str, Path], threads: int = 2, streams: int = 6, frames: int = 32) -> float:
+    """Per-frame top-1 agreement of ours int8 with ours float32 on held-out synthetic streams 4x the
+    8-frame calibration clips (the weights are random: a trained model's figure is the export test's)."""
+    import numpy as np
+
+    from movinet.data.synthetic import synthetic_motion
+    from movinet.runners import TFLiteStreamRunner, running_logits
+
+    videos = synthetic_motion(streams, frames, 172, split="test")[0]
+    top1 = {}
+    for name in ("ours float32", "ours int8"):
+        runner = TFLiteStreamRunner(files[name], num_threads=threads)
+        top1[name] = np.stack([[np.argmax(logits) for _, logits in running_logits(runner, video)] for video in videos])
+    return float((top1["ours float32"] == top1["ours int8"]).mean())
+
+
 def print_tflite_ops(path: Path) -> None:
     """The ops of a TF Lite file by type, and those XNNPACK leaves to TF Lite's own kernels (which
     also cut the graph into more delegate partitions)."""
@@ -185,6 +201,7 @@ def tflite_report(official_python: str, threads: int = 2) -> None:
             print(f"  {name}: {path.stat().st_size / 1e6:.2f} MB")
             print_tflite_ops(path)
         ms = tflite_side_by_side(files, threads)
+        agreement = int8_agreement(files, threads)
     float32 = ms["ours float32"]
     for name, value in ms.items():
         line = f"A0 stream TF Lite {name}, 172x172, {threads} threads: {value:.2f} ms/frame"
@@ -192,7 +209,8 @@ def tflite_report(official_python: str, threads: int = 2) -> None:
             line += f" ({value / float32:.2f}x ours float32)"
         print(line)
     size = {name: path.stat().st_size for name, path in files.items()}
-    print(f"  int8 / float32: time {ms['ours int8'] / float32:.2f}x, file {size['ours int8'] / size['ours float32']:.2f}x")
+    print(f"  int8 / float32: time {ms['ours int8'] / float32:.2f}x, file {size['ours int8'] / size['ours float32']:.2f}x, "
+          f"per-frame top-1 agreement {agreement:.3f} (random weights, 32-frame held-out streams)")
     if "official float32" in ms:
         print(f"  ours float32 / official float32: time {float32 / ms['official float32']:.2f}x")
 

@@ -10,12 +10,14 @@ instead of shipping a Flex op, which the LiteRT runtime cannot run without the T
 library. A stream model is exported for one frame of one video per call; int8 post-training
 quantization is calibrated on the inputs the model really sees while streaming (frames with
 their carried states), as the official ``quantize_movinet.py`` does. The pool states are
-running means, so they stay bounded over long videos and survive one scale per tensor.
+running means, so they stay bounded over long videos and survive one scale per tensor. TF Lite
+converts the batch-norm-folded copy of a model (``movinet.fold_batch_norm``).
 ``movinet.runners`` runs the exports (``TFLiteStreamRunner``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from movinet.model import fold_batch_norm
+from movinet.ops import unfused_hard_swish
 from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
 QUANTIZATIONS = (None, "float16", "int8")
@@ -163,7 +167,11 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
             raise ExportError(f"{model.name} has no published clip length; pass frames=")
         frames = model.video_input.frames
     signature = "call" if model.mode == "stream" else "serving_default"
-    function = serving_functions(model, batch=1, frames=frames, resolution=(height, width))[signature]
+    # The folded copy: its activations' constant factors are in the next layer's weights, and under
+    # int8 its hard_swish takes ops XNNPACK runs on int8 tensors (a graph off XNNPACK ran slower than float).
+    folded = fold_batch_norm(model)
+    with unfused_hard_swish() if quantization == "int8" else contextlib.nullcontext():
+        function = serving_functions(folded, batch=1, frames=frames, resolution=(height, width))[signature]
     dataset = None
     if quantization == "int8":
         clips = list(calibration)
@@ -172,7 +180,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         else:
             dataset = lambda: ({"image": np.asarray(c, np.float32)[None]} for c in clips)  # noqa: E731
     try:
-        flatbuffer = convert(function, _variables_holder(model), quantization, dataset)
+        flatbuffer = convert(function, _variables_holder(folded), quantization, dataset)
     except ExportError as err:
         raise ExportError(f"{model.name} ({model.mode}, quantization={quantization}): {err}") from None
     path = Path(path)

@@ -412,11 +412,12 @@ def cumulative_mean(per_frame, states, prefix, causal):
     if causal:
         sums = tf.cumsum(per_frame, axis=1) + previous_sum
         totals = seen + tf.cast(tf.range(1, frames + 1), tf.float32)
-        means = sums / tf.reshape(totals, [1, -1, 1, 1, 1])
+        # Times the counts' reciprocals: XNNPACK runs MUL on int8 tensors, not DIV.
+        means = sums * tf.reshape(1.0 / totals, [1, -1, 1, 1, 1])
         last = means[:, -1:]
     else:
         total = tf.reduce_sum(per_frame, axis=1, keepdims=True) + previous_sum
-        means = last = total / (seen + tf.cast(frames, tf.float32))
+        means = last = total * (1.0 / (seen + tf.cast(frames, tf.float32)))
     return tf.cast(means, dtype), {buffer_name: tf.cast(last, dtype), count_name: count + frames}
 
 

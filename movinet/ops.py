@@ -23,6 +23,10 @@ HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly
 
 
 def hard_swish(x):
+    if _UNFUSED_HARD_SWISH.get():
+        # Not the pattern TF Lite's converter fuses into HARD_SWISH, which XNNPACK runs in float
+        # only: in an int8 graph each one fell back to the interpreter's own kernel.
+        return (x * (1.0 / 6.0)) * tf.nn.relu6(x + 3.0)
     return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
 
 
@@ -137,9 +141,24 @@ def activation_fn(name: str):
 
 
 _DEPTHWISE_AS_TAPS = contextvars.ContextVar("depthwise_as_taps", default=False)
+_UNFUSED_HARD_SWISH = contextvars.ContextVar("unfused_hard_swish", default=False)
 
 
 @contextlib.contextmanager
+def _switched_on(switch: contextvars.ContextVar):
+    token = switch.set(True)
+    try:
+        yield
+    finally:
+        switch.reset(token)
+
+
+def unfused_hard_swish():
+    """Within it, functions traced compute hard_swish as (x / 6) * relu6(x + 3): an ADD with a fused
+    relu6 and two MULs in TF Lite, which XNNPACK runs on int8 tensors too (for int8 export)."""
+    return _switched_on(_UNFUSED_HARD_SWISH)
+
+
 def depthwise_as_taps():
     """Within it, functions traced compute every depthwise convolution as ``depthwise_conv2d`` taps.
 
@@ -148,11 +167,7 @@ def depthwise_as_taps():
     channel vector fuse into one loop with their neighbours (11 ms). Plain TF runs them as one op
     per tap, slower than its own depthwise kernel: use this only around XLA-compiled functions.
     """
-    token = _DEPTHWISE_AS_TAPS.set(True)
-    try:
-        yield
-    finally:
-        _DEPTHWISE_AS_TAPS.reset(token)
+    return _switched_on(_DEPTHWISE_AS_TAPS)
 
 
 def same_padding(height, width, kernel_h, kernel_w, stride_h, stride_w) -> list:
