@@ -202,13 +202,13 @@ def tflite_report(official_python: str, threads: int = 2) -> None:
             print_tflite_ops(path)
         ms = tflite_side_by_side(files, threads)
         agreement = int8_agreement(files, threads)
+        size = {name: path.stat().st_size for name, path in files.items()}
     float32 = ms["ours float32"]
     for name, value in ms.items():
         line = f"A0 stream TF Lite {name}, 172x172, {threads} threads: {value:.2f} ms/frame"
         if name != "ours float32":
             line += f" ({value / float32:.2f}x ours float32)"
         print(line)
-    size = {name: path.stat().st_size for name, path in files.items()}
     print(f"  int8 / float32: time {ms['ours int8'] / float32:.2f}x, file {size['ours int8'] / size['ours float32']:.2f}x, "
           f"per-frame top-1 agreement {agreement:.3f} (random weights, 32-frame held-out streams)")
     if "official float32" in ms:

@@ -10,7 +10,7 @@ instead of shipping a Flex op, which the LiteRT runtime cannot run without the T
 library. A stream model is exported for one frame of one video per call; int8 post-training
 quantization is calibrated on the inputs the model really sees while streaming (frames with
 their carried states), as the official ``quantize_movinet.py`` does. The pool states are
-running means, so they stay bounded over long videos and survive one scale per tensor. TF Lite
+running means, so they stay bounded over long videos and survive one scale per tensor. int8
 converts the batch-norm-folded copy of a model (``movinet.fold_batch_norm``).
 ``movinet.runners`` runs the exports (``TFLiteStreamRunner``).
 """
@@ -167,11 +167,14 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
             raise ExportError(f"{model.name} has no published clip length; pass frames=")
         frames = model.video_input.frames
     signature = "call" if model.mode == "stream" else "serving_default"
-    # The folded copy: its activations' constant factors are in the next layer's weights, and under
-    # int8 its hard_swish takes ops XNNPACK runs on int8 tensors (a graph off XNNPACK ran slower than float).
-    folded = fold_batch_norm(model)
+    converted = model
+    if quantization == "int8":
+        # hard_swish in ops XNNPACK runs on int8 tensors (off XNNPACK the int8 graph ran slower than
+        # float), its 1/6 in the next layer's weights where the folded copy moves it. Float keeps the
+        # converter's HARD_SWISH, one XNNPACK op where the folded copy's would be two.
+        converted = fold_batch_norm(model)
     with unfused_hard_swish() if quantization == "int8" else contextlib.nullcontext():
-        function = serving_functions(folded, batch=1, frames=frames, resolution=(height, width))[signature]
+        function = serving_functions(converted, batch=1, frames=frames, resolution=(height, width))[signature]
     dataset = None
     if quantization == "int8":
         clips = list(calibration)
@@ -180,7 +183,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         else:
             dataset = lambda: ({"image": np.asarray(c, np.float32)[None]} for c in clips)  # noqa: E731
     try:
-        flatbuffer = convert(function, _variables_holder(folded), quantization, dataset)
+        flatbuffer = convert(function, _variables_holder(converted), quantization, dataset)
     except ExportError as err:
         raise ExportError(f"{model.name} ({model.mode}, quantization={quantization}): {err}") from None
     path = Path(path)
