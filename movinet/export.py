@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from movinet.model import fold_batch_norm
+from movinet.model import MovinetClassifier, fold_batch_norm
 from movinet.ops import unfused_hard_swish
 from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
@@ -168,7 +168,9 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         frames = model.video_input.frames
     signature = "call" if model.mode == "stream" else "serving_default"
     converted = model
-    if quantization == "int8":
+    # Not an ensemble: a temporal one's members sit in IF branches, where the converter gives folded
+    # constants nonzero int8 zero points that TF Lite's CONV_2D refuses.
+    if quantization == "int8" and isinstance(model, MovinetClassifier):
         # hard_swish in ops XNNPACK runs on int8 tensors (off XNNPACK the int8 graph ran slower than
         # float), its 1/6 in the next layer's weights where the folded copy moves it. Float keeps the
         # converter's HARD_SWISH, one XNNPACK op where the folded copy's would be two.
