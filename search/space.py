@@ -8,6 +8,11 @@ searches with TuNAS). ``space_from_dict`` validates a file into a frozen ``Searc
 that name the file and the field path; ``params`` flattens it into the categorical parameters the
 samplers draw, a layer's parameters active only below its block's sampled depth; the ``data`` and
 ``budget`` sections pass through to the trainer unchecked here (``search.training`` checks them).
+
+``search.algorithm: oneshot`` trains one weight-sharing supernet per input setting with a TuNAS
+controller (``search.oneshot``) instead of training candidates one by one; ``search.workers`` sets
+its data-parallel workers (``search.resources`` is then per worker), and the ``oneshot:`` section's
+fields and defaults are those of ``search.oneshot.settings.OneShotSettings``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from movinet.cost import make_divisible
 from movinet.options import ModelOptions
 from movinet.spec import ModelSpec, SpecError, SpecReader, Triple, read_yaml
 
-ALGORITHMS = ("random", "grid", "tpe", "multi_objective")
+ALGORITHMS = ("random", "grid", "tpe", "multi_objective", "oneshot")
 SCHEDULERS = ("asha", "none")
 METRICS = ("reward", "top1")
 OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(ModelOptions)
@@ -89,6 +94,7 @@ class Settings:
     cpus: float
     gpus: float
     max_concurrent: int | None
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +128,7 @@ class SearchSpace:
     budget: Mapping[str, Any]
     settings: Settings
     source: str = "<space>"
+    oneshot: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # the raw ``oneshot:`` section
 
     @property
     def num_classes(self) -> int | None:
@@ -341,8 +348,11 @@ def _objective(r: _SpaceReader, data) -> Objective:
 
 
 def _settings(r: _SpaceReader, data) -> Settings:
-    r.mapping(data, "search", ("num_trials",),
-              ("algorithm", "scheduler", "seed", "resources", "max_concurrent"))
+    r.mapping(data, "search", (), ("num_trials", "algorithm", "scheduler", "seed", "resources",
+                                   "max_concurrent", "workers"))
+    algorithm = r.one_of(data.get("algorithm", "random"), "search.algorithm", ALGORITHMS)
+    if algorithm != "oneshot" and "num_trials" not in data:
+        r.fail("search.num_trials", "missing")
     resources = r.mapping(data.get("resources") or {}, "search.resources", (), ("cpus", "gpus"))
     cpus = r.number(resources.get("cpus", 1), "search.resources.cpus", low=0)
     gpus = resources.get("gpus", 0)
@@ -353,19 +363,31 @@ def _settings(r: _SpaceReader, data) -> Settings:
         r.fail("search.seed", f"expected an integer, got {seed!r}")
     max_concurrent = data.get("max_concurrent")
     return Settings(
-        algorithm=r.one_of(data.get("algorithm", "random"), "search.algorithm", ALGORITHMS),
+        algorithm=algorithm,
         scheduler=r.one_of(data.get("scheduler", "none"), "search.scheduler", SCHEDULERS),
-        num_trials=r.positive_int(data["num_trials"], "search.num_trials"),
+        num_trials=r.positive_int(data.get("num_trials", 1), "search.num_trials"),
         seed=seed, cpus=cpus, gpus=float(gpus),
         max_concurrent=(None if max_concurrent is None
                         else r.positive_int(max_concurrent, "search.max_concurrent")),
+        workers=r.positive_int(data.get("workers", 1), "search.workers"),
     )
+
+
+def _oneshot_section(r: _SpaceReader, data) -> dict:
+    """The ``oneshot:`` section, checked here so that a bad field fails as the file loads."""
+    from search.oneshot.settings import OneShotError, parse_oneshot   # it imports this module lazily too
+
+    try:
+        parse_oneshot(data)
+    except OneShotError as err:
+        r.fail(*str(err).split(": ", 1))
+    return dict(data or {})
 
 
 def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
     """Builds a validated SearchSpace; raises SpaceError naming ``source`` and the field path."""
     r = _SpaceReader(source)
-    r.mapping(data, "", ("name", "space", "objective", "budget", "search"), ("data",))
+    r.mapping(data, "", ("name", "space", "objective", "budget", "search"), ("data", "oneshot"))
     name = data["name"]
     if not isinstance(name, str) or not name or "/" in name:
         r.fail("name", f"expected a non-empty string without '/', got {name!r}")
@@ -397,6 +419,7 @@ def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
         budget=dict(budget),
         settings=_settings(r, data["search"]),
         source=source,
+        oneshot=_oneshot_section(r, data.get("oneshot")),
     )
 
 
@@ -424,7 +447,7 @@ def space_to_dict(space: SearchSpace) -> dict:
         blocks.append({"filters": list(block.filters), "depth": depth, "stride": list(block.stride),
                        "layers": layers})
     s = space.settings
-    return {
+    out = {
         "name": space.name,
         "space": {
             "input": {"resolution": list(space.resolution), "frames": list(space.frames),
@@ -441,8 +464,11 @@ def space_to_dict(space: SearchSpace) -> dict:
         "budget": dict(space.budget),
         "search": {"algorithm": s.algorithm, "scheduler": s.scheduler, "num_trials": s.num_trials,
                    "seed": s.seed, "resources": {"cpus": s.cpus, "gpus": s.gpus},
-                   "max_concurrent": s.max_concurrent},
+                   "max_concurrent": s.max_concurrent, "workers": s.workers},
     }
+    if space.oneshot:
+        out["oneshot"] = dict(space.oneshot)
+    return out
 
 
 def dump_space(space: SearchSpace) -> str:
