@@ -24,8 +24,15 @@ def register(subparsers) -> None:
     search.add_argument("--output-dir", default="results", help="results go to OUTPUT_DIR/<family>_<member>/")
     search.add_argument("--resume", action="store_true", help="continue the searches in the output folders")
     search.add_argument("--num-trials", type=int, help="override search.num_trials of every member")
-    search.add_argument("--algorithm", help="random, grid, tpe or multi_objective")
+    search.add_argument("--algorithm", help="random, grid, tpe, multi_objective or oneshot")
     search.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    search.add_argument("--workers", type=int, help="oneshot: data-parallel workers of each member's supernet")
+    search.add_argument("--retrain", action="store_true",
+                        help="oneshot: train each found spec from scratch as an ordinary trial afterwards")
+    search.add_argument("--proxy-frames", type=int,
+                        help="oneshot: search on clips of this many frames (with --proxy-resolution), the "
+                             "target scaled alike; the found spec is reported at the member's clip")
+    search.add_argument("--proxy-resolution", type=int, help="oneshot: the proxy clip's resolution")
     search.set_defaults(run=run_search)
 
     listing = commands.add_parser("list", help="the named models: members, input, parameters, multiply-adds, top-1")
@@ -53,14 +60,19 @@ def run_scale(args) -> int:
 
 def run_search(args) -> int:
     from cli.main import CommandError
+    from family.proxy import Proxy
     from family.run import search_members
     from search import SearchError
     from search.cluster import ClusterError
 
+    if (args.proxy_frames is None) != (args.proxy_resolution is None):
+        raise CommandError("--proxy-frames and --proxy-resolution go together: give both, or neither")
+    proxy = Proxy(args.proxy_frames, args.proxy_resolution) if args.proxy_frames is not None else None
     try:
         search_members(args.member, family=args.family, parallel=args.parallel, output_dir=args.output_dir,
                        backend=args.backend, address=args.address, num_cpus=args.num_cpus, resume=args.resume,
-                       num_trials=args.num_trials, algorithm=args.algorithm)
+                       num_trials=args.num_trials, algorithm=args.algorithm, proxy=proxy,
+                       workers=args.workers, retrain=args.retrain)
     except (SearchError, ClusterError) as err:
         raise CommandError(str(err)) from None
     return 0

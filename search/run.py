@@ -10,43 +10,25 @@ the largest first (``Sampler.plan``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from search.candidate import check_feasible
+from search.outcome import SearchError, SearchResult
 from search.results import FAILED, Ledger, row_candidate, row_result, summary_table, write_results
 from search.samplers import make_sampler
 from search.space import SearchSpace, dump_space, load_space, space_from_dict, space_to_dict
 from search.trial import TrialFn
 
+if TYPE_CHECKING:
+    from search.oneshot.settings import InputSetting
+
 BACKENDS = ("ray", "kerastuner")
-
-
-class SearchError(RuntimeError):
-    """A search that cannot start or continue; the message says why and what to do."""
 
 
 class SearchInterrupted(KeyboardInterrupt):
     """A search stopped by Ctrl-C once the trials that finished are written; says how to continue."""
-
-
-@dataclasses.dataclass
-class SearchResult:
-    """What a search wrote, and ``timings``: the seconds of its phases in order, ``prepare`` (checks,
-    sampler), the backend's (``ray_start``, ``trials`` on Ray), ``results``, then on Ray ``ray_stop``
-    (what is left of Ray's shutdown, which runs while the results are written)."""
-
-    folder: Path
-    rows: list[dict]
-    rejected: int
-    written: dict[str, Path]
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    @property
-    def best(self) -> Path | None:
-        return self.written.get("best_spec.yaml")
 
 
 def with_overrides(space: SearchSpace, **overrides) -> SearchSpace:
@@ -67,6 +49,7 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
                resume: bool = False, address: str | None = None, num_trials: int | None = None,
                algorithm: str | None = None, scheduler: str | None = None, cpus: float | None = None,
                gpus: float | None = None, num_cpus: int | None = None, trial_fn: TrialFn | None = None,
+               workers: int | None = None, retrain: bool = False, report_at: "InputSetting | None" = None,
                echo: Callable[[str], None] = print) -> SearchResult:
     """Searches ``space`` and writes ``<output_dir>/<space name>/``; see ``search.results``.
 
@@ -78,6 +61,11 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
       num_trials, algorithm, scheduler, cpus, gpus: override the file's ``search`` section.
       num_cpus: CPUs of the local Ray (default: all).
       trial_fn: the trial contract (``search.trial``); default trains with ``movinet.train``.
+      workers, retrain: one-shot searches only (``algorithm: oneshot``, which
+        ``search.oneshot.distributed.run_oneshot`` runs): data-parallel workers of each supernet
+        (override search.workers; cpus and gpus are then per worker), and whether to train the
+        found specs from scratch afterwards.
+      report_at: one-shot only: the input to report the found specs at (a proxy search's real clip).
 
     Raises:
       SearchError: the search cannot start, or every one of its trials failed (after the
@@ -90,7 +78,17 @@ def run_search(space: "SearchSpace | str | Path", *, backend: str = "ray", outpu
     if address is not None and backend != "ray":
         raise SearchError(f"--address joins a Ray cluster: it needs --backend ray, not {backend}")
     space = with_overrides(load_space(space), num_trials=num_trials, algorithm=algorithm,
-                           scheduler=scheduler, cpus=cpus, gpus=gpus)
+                           scheduler=scheduler, cpus=cpus, gpus=gpus, workers=workers)
+    if space.settings.algorithm == "oneshot":
+        if backend != "ray" or trial_fn is not None or num_trials is not None:
+            raise SearchError("a one-shot search trains one supernet per input setting on Ray: "
+                              "--backend, --num-trials and a trial function do not apply to it")
+        from search.oneshot.distributed import run_oneshot
+
+        return run_oneshot(space, output_dir=output_dir, address=address, num_cpus=num_cpus, resume=resume,
+                           retrain=retrain, report_at=report_at, echo=echo)
+    if workers is not None or retrain or report_at is not None:
+        raise SearchError("--workers, --retrain and a proxy clip belong to a one-shot search (--algorithm oneshot)")
     if trial_fn is None:
         from search.training import check_training_sections, train_and_score as trial_fn
 
