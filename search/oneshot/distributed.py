@@ -179,6 +179,8 @@ def _train_settings(space: SearchSpace, pending: list[InputSetting], folder: Pat
     from ray.util.queue import Queue
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # no result boxes: the callback prints progress
+    # Tune's own loggers would copy each setting's tables into TensorBoard and CSV files of its own.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     progress = Queue(actor_options={"num_cpus": 0})
     callback = SettingsCallback(folder, progress, echo)
     runs = folder / "ray"
@@ -243,6 +245,7 @@ def _train_worker(config: Mapping) -> None:
     from search.trial import hold_threads
 
     hold_threads(config["cpus"])
+    import keras
     import tensorflow as tf
     from ray import train
 
@@ -257,7 +260,9 @@ def _train_worker(config: Mapping) -> None:
     def forward(metrics: Mapping) -> None:
         progress.put_nowait({"setting": setting.key, **metrics})
 
-    outcome = train_supernet(config["space"], setting, folder=folder, seed=config["space"].settings.seed,
+    seed = config["space"].settings.seed
+    keras.utils.set_random_seed(seed)   # the supernet's initial weights: the same seed, the same search
+    outcome = train_supernet(config["space"], setting, folder=folder, seed=seed,
                              strategy=strategy, resume=config["resume"], on_progress=forward)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"worker_{rank}.json").write_text(json.dumps(outcome, default=_plain))
