@@ -76,31 +76,36 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
          f"train ({', '.join(s.key for s in pending) or 'none'}), each a supernet on {resources}; target "
          f"{space.objective.target_macs / 1e6:.2f}M multiply-adds")
     timings = {"prepare": time.monotonic() - began}
-    started = connect(address, num_cpus)
-    try:
-        timings["ray_start"] = time.monotonic() - began - timings["prepare"]
-        if address is not None or resources.gpus:
-            resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the local Ray")
-        outcomes = {key: json.loads((folder / key / RESULT_FILE).read_text()) for key in done}
-        failures = {}
-        if pending:
-            ran, failures = _train_settings(space, pending, folder, resources, resume, echo)
-            outcomes.update(ran)
-        timings["supernets"] = time.monotonic() - began - sum(timings.values())
-        candidates = {key: found_candidate(space, outcome) for key, outcome in outcomes.items()}
-        rows = _retrain(space, folder, candidates, address, num_cpus, echo) if retrain else []
-        timings["retrain"] = time.monotonic() - began - sum(timings.values())
-    finally:
-        if started:
-            shutdown()
+    outcomes = {key: json.loads((folder / key / RESULT_FILE).read_text()) for key in done}
+    candidates = {key: found_candidate(space, outcome) for key, outcome in outcomes.items()}
+    failures = {}
+    if pending or (retrain and _untrained(folder, candidates)):
+        started = connect(address, num_cpus)
+        try:
+            timings["ray_start"] = time.monotonic() - began - timings["prepare"]
+            if address is not None or resources.gpus:
+                resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the local Ray")
+            if pending:
+                ran, failures = _train_settings(space, pending, folder, resources, resume, echo)
+                outcomes.update(ran)
+                candidates.update({key: found_candidate(space, outcome) for key, outcome in ran.items()})
+            timings["supernets"] = time.monotonic() - began - sum(timings.values())
+            if retrain:
+                _retrain(space, folder, candidates, address, num_cpus, echo)
+            timings["retrain"] = time.monotonic() - began - sum(timings.values())
+        finally:
+            if started:
+                shutdown()
     writing = time.monotonic()
+    keys = {c.key for c in candidates.values()}
+    rows = [row for row in Ledger(folder).rows() if row["key"] in keys] if retrain else []
     written = write_summary(folder, space, outcomes, candidates, rows, report_at)
     if rows:
         written.update(write_results(folder, rows, space.objective))
         echo(summary_table(rows, space.objective, rejected=0))
     timings["results"] = time.monotonic() - writing
-    for line in (folder / "summary.txt").read_text().splitlines():
-        echo(line)
+    if "summary.txt" in written:
+        echo(written["summary.txt"].read_text().rstrip())
     if failures:
         raise SearchError("; ".join(f"input setting {key} failed: {error}" for key, error in failures.items())
                           + f" (the other settings' results are in {folder}; --resume retries the failed ones)")
@@ -352,20 +357,22 @@ class FoundSampler(Sampler):
         return None
 
 
+def _untrained(folder: Path, candidates: Mapping[str, Candidate]) -> list[Candidate]:
+    """The found specs the ledger holds no trial of yet, each once."""
+    trained = {row["key"] for row in Ledger(folder).rows()}
+    return list({c.key: c for c in candidates.values() if c.key not in trained}.values())
+
+
 def _retrain(space: SearchSpace, folder: Path, candidates: Mapping[str, Candidate], address: str | None,
-             num_cpus: int | None, echo: Callable[[str], None]) -> list[dict]:
-    """Trains each found spec from scratch as a trial of the multi-trial search; returns the ledger's rows."""
+             num_cpus: int | None, echo: Callable[[str], None]) -> None:
+    """Trains each found spec from scratch as a trial of the multi-trial search (into its ledger)."""
     from search import ray_backend
     from search.training import train_and_score
 
-    ledger = Ledger(folder)
-    trained = {row["key"] for row in ledger.rows()}
-    todo = list({c.key: c for c in candidates.values() if c.key not in trained}.values())
-    if todo:
-        echo(f"retraining {len(todo)} found spec{'s' * (len(todo) > 1)} from scratch "
-             f"({space.budget['epochs']} epochs each)")
-        ray_backend.run(space, FoundSampler(space, todo), ledger, train_and_score, remaining=len(todo),
-                        done=len(trained), total=len(trained) + len(todo), address=address, num_cpus=num_cpus,
-                        echo=echo)
-    keys = {c.key for c in candidates.values()}
-    return [row for row in ledger.rows() if row["key"] in keys]
+    todo = _untrained(folder, candidates)
+    if not todo:
+        return
+    done = len(Ledger(folder).rows())
+    echo(f"retraining {len(todo)} found spec{'s' * (len(todo) > 1)} from scratch ({space.budget['epochs']} epochs each)")
+    ray_backend.run(space, FoundSampler(space, todo), Ledger(folder), train_and_score, remaining=len(todo), done=done,
+                    total=done + len(todo), address=address, num_cpus=num_cpus, echo=echo)

@@ -49,7 +49,8 @@ def test_two_workers_keep_one_supernet_and_the_same_seed_finds_the_same_spec(ray
     """2 workers x 1 CPU (one per node of the two-node test cluster): after the run both hold the same
     shared weights, controller logits and optimizer state, they sampled different architectures, the
     tables came back to the driver's folder; then `movinet search --algorithm oneshot --retrain` on a
-    local Ray of 2 CPUs with the same seed finds the same spec and writes every result."""
+    local Ray of 2 CPUs with the same seed finds the same spec and writes every result; run again,
+    the folder is refused without --resume and with it nothing finished is trained again."""
     result = run_oneshot(TINY, output_dir=tmp_path / "cluster", address=ray_cluster, echo=lambda line: None)
     folder = result.folder / SETTING
     chief = checkpoint_values(folder / "checkpoints")
@@ -93,6 +94,16 @@ def test_two_workers_keep_one_supernet_and_the_same_seed_finds_the_same_spec(ray
         found.to_dict()["blocks"]
     assert float(summary[0]["retrained_top1"]) == float(trials[0]["top1"])
     assert "retrained top1" in done.stdout and f"[{SETTING}] step 6/6" in done.stdout
+
+    steps_written = (folder / SETTING / "steps.csv").stat().st_mtime_ns
+    again = movinet_command("search", str(TINY), "--num-cpus", "2", "--output-dir", str(out), timeout=120)
+    assert again.returncode == 2 and "already holds a one-shot search (r32_f4_s1): pass --resume" in again.stderr
+    resumed = movinet_command("search", str(TINY), "--num-cpus", "2", "--resume", "--retrain", "--output-dir",
+                              str(out), timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "0 of 1 input settings to train" in resumed.stdout and "retraining" not in resumed.stdout
+    assert (folder / SETTING / "steps.csv").stat().st_mtime_ns == steps_written
+    assert len(list(csv.DictReader(open(folder / "trials.csv")))) == 1
 
 
 def test_workers_that_do_not_fit_are_one_error_line_before_ray_starts(tmp_path):
