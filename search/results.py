@@ -25,7 +25,8 @@ import yaml
 
 from movinet.spec import dump_spec, save_spec
 from search.candidate import Candidate
-from search.space import Objective
+from search.outcome import SearchError
+from search.space import Objective, SearchSpace, load_space, space_to_dict
 
 OK, STOPPED, FAILED = "ok", "stopped", "failed"   # ran its budget / stopped early by ASHA / raised
 METRICS = ("top1", "top5", "loss", "macs", "params", "latency_ms", "reward", "epoch", "started_at", "seconds",
@@ -105,6 +106,19 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def check_resumed_space(folder: Path, space: SearchSpace) -> None:
+    """A resumed search must search the space it started with (``space.yaml``); its ``search``
+    section (trials, resources, ...) may change."""
+    saved = Path(folder) / "space.yaml"
+    if not saved.exists():
+        return
+    before = {k: v for k, v in space_to_dict(load_space(saved)).items() if k != "search"}
+    now = {k: v for k, v in space_to_dict(space).items() if k != "search"}
+    if before != now:
+        raise SearchError(f"{folder}: --resume needs the space it started with ({saved}); "
+                          f"{space.source} differs outside its search section")
 
 
 def pareto_front(rows: Iterable[Mapping]) -> list[Mapping]:

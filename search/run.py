@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Callable
 
 from search.candidate import check_feasible
 from search.outcome import SearchError, SearchResult
-from search.results import FAILED, Ledger, row_candidate, row_result, summary_table, write_results
+from search.results import (FAILED, Ledger, check_resumed_space, row_candidate, row_result, summary_table,
+                            write_results)
 from search.samplers import make_sampler
 from search.space import SearchSpace, dump_space, load_space, space_from_dict, space_to_dict
 from search.trial import TrialFn
@@ -159,10 +160,5 @@ def _check_folder(folder: Path, space: SearchSpace, rows: list[dict], resume: bo
     if rows and not resume:
         raise SearchError(f"{folder} already holds {len(rows)} finished trials: pass --resume to continue "
                           "that search, or give another --output-dir")
-    saved = folder / "space.yaml"
-    if resume and rows and saved.exists():
-        before = {k: v for k, v in space_to_dict(load_space(saved)).items() if k != "search"}
-        now = {k: v for k, v in space_to_dict(space).items() if k != "search"}
-        if before != now:
-            raise SearchError(f"{folder}: --resume needs the space it started with ({saved}); "
-                              f"{space.source} differs outside its search section")
+    if resume and rows:
+        check_resumed_space(folder, space)

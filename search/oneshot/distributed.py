@@ -25,13 +25,14 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
+import ray
 from ray import tune
 
 from search.candidate import Candidate
 from search.outcome import SearchError, SearchResult
-from search.results import Ledger, summary_table, write_results
+from search.results import Ledger, check_resumed_space, summary_table, write_results
 from search.samplers import Sampler
-from search.space import SearchSpace, dump_space, load_space, space_to_dict
+from search.space import SearchSpace, dump_space, load_space
 from search.oneshot.results import (RESULT_FILE, TABLES, finished_settings, found_candidate, write_setting,
                                     write_summary)
 from search.oneshot.settings import InputSetting, input_settings, oneshot_settings
@@ -67,7 +68,10 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
     folder = Path(output_dir) / space.name
     done = _check_folder(folder, space, resume)
     pending = [s for s in input_settings(space) if s.key not in done]
-    if address is None and not resources.gpus:   # a local Ray's CPUs are known before it starts
+    # A local Ray about to start has known CPUs: check before it starts. Otherwise (a cluster, GPUs,
+    # or inside a Ray task of `family search --parallel`) check the live nodes once connected.
+    checked = address is None and not resources.gpus and not ray.is_initialized()
+    if checked:
         resources.check_fits([{"CPU": float(num_cpus or os.cpu_count() or 1)}],
                              f"the local Ray ({num_cpus or os.cpu_count()} CPUs, --num-cpus)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,8 +87,8 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
         started = connect(address, num_cpus)
         try:
             timings["ray_start"] = time.monotonic() - began - timings["prepare"]
-            if address is not None or resources.gpus:
-                resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the local Ray")
+            if not checked:
+                resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the Ray cluster")
             if pending:
                 ran, failures = _train_settings(space, pending, folder, resources, resume, echo)
                 outcomes.update(ran)
@@ -155,8 +159,6 @@ class Resources:
 
 
 def _alive_nodes() -> list[dict]:
-    import ray
-
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
@@ -167,20 +169,14 @@ def _check_folder(folder: Path, space: SearchSpace, resume: bool) -> set[str]:
     if started and not resume:
         raise SearchError(f"{folder} already holds a one-shot search ({', '.join(started)}): pass --resume to "
                           "continue it, or give another --output-dir")
-    saved = folder / "space.yaml"
-    if resume and started and saved.exists():
-        before = {k: v for k, v in space_to_dict(load_space(saved)).items() if k != "search"}
-        now = {k: v for k, v in space_to_dict(space).items() if k != "search"}
-        if before != now:
-            raise SearchError(f"{folder}: --resume needs the space it started with ({saved}); "
-                              f"{space.source} differs outside its search section")
+    if resume and started:
+        check_resumed_space(folder, space)
     return done
 
 
 def _train_settings(space: SearchSpace, pending: list[InputSetting], folder: Path, resources: Resources,
                     resume: bool, echo: Callable[[str], None]) -> tuple[dict, dict]:
     """One Tune trial per setting; returns ({key: outcome}, {key: error})."""
-    import ray
     from ray.util.queue import Queue
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # no result boxes: the callback prints progress
@@ -269,8 +265,6 @@ def _train_worker(config: Mapping) -> None:
     keras.utils.set_random_seed(seed)   # the supernet's initial weights: the same seed, the same search
     outcome = train_supernet(config["space"], setting, folder=folder, seed=seed,
                              strategy=strategy, resume=config["resume"], on_progress=forward)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"worker_{rank}.json").write_text(json.dumps(outcome, default=_plain))
     # Ray Train keeps only the metrics reported with a checkpoint, and every worker must report.
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint, metrics = None, {}
