@@ -17,6 +17,7 @@ strategy with one replica, so there is one code path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,7 +55,6 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
       report_at: the input to report the found specs at (a proxy search's real input); default:
         the input each was searched at.
     """
-    from search.ray_backend import connect, shutdown
     from search.training import check_training_sections
 
     began = time.monotonic()
@@ -68,27 +68,17 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
     folder = Path(output_dir) / space.name
     done = _check_folder(folder, space, resume)
     pending = [s for s in input_settings(space) if s.key not in done]
-    # A local Ray about to start has known CPUs: check before it starts. Otherwise (a cluster, GPUs,
-    # or inside a Ray task of `family search --parallel`) check the live nodes once connected.
-    checked = address is None and not resources.gpus and not ray.is_initialized()
-    if checked:
-        resources.check_fits([{"CPU": float(num_cpus or os.cpu_count() or 1)}],
-                             f"the local Ray ({num_cpus or os.cpu_count()} CPUs, --num-cpus)")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "space.yaml").write_text(dump_space(space))
+    outcomes = {key: json.loads((folder / key / RESULT_FILE).read_text()) for key in done}
+    candidates = {key: found_candidate(space, outcome) for key, outcome in outcomes.items()}
     echo(f"one-shot search {space.name}: {len(pending)} of {len(input_settings(space))} input settings to "
          f"train ({', '.join(s.key for s in pending) or 'none'}), each a supernet on {resources}; target "
          f"{space.objective.target_macs / 1e6:.2f}M multiply-adds")
     timings = {"prepare": time.monotonic() - began}
-    outcomes = {key: json.loads((folder / key / RESULT_FILE).read_text()) for key in done}
-    candidates = {key: found_candidate(space, outcome) for key, outcome in outcomes.items()}
     failures = {}
     if pending or (retrain and _untrained(folder, candidates)):
-        started = connect(address, num_cpus)
-        try:
-            timings["ray_start"] = time.monotonic() - began - timings["prepare"]
-            if not checked:
-                resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the Ray cluster")
+        with _cluster(address, num_cpus, resources):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "space.yaml").write_text(dump_space(space))
             if pending:
                 ran, failures = _train_settings(space, pending, folder, resources, resume, echo)
                 outcomes.update(ran)
@@ -96,10 +86,7 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
             timings["supernets"] = time.monotonic() - began - sum(timings.values())
             if retrain:
                 _retrain(space, folder, candidates, address, num_cpus, echo)
-            timings["retrain"] = time.monotonic() - began - sum(timings.values())
-        finally:
-            if started:
-                shutdown()
+        timings["retrain"] = time.monotonic() - began - sum(timings.values())
     writing = time.monotonic()
     keys = {c.key for c in candidates.values()}
     rows = [row for row in Ledger(folder).rows() if row["key"] in keys] if retrain else []
@@ -115,6 +102,24 @@ def run_oneshot(space: "SearchSpace | str | Path", *, output_dir: "str | Path" =
                           + f" (the other settings' results are in {folder}; --resume retries the failed ones)")
     echo(f"results: {folder}")
     return SearchResult(folder=folder, rows=rows, rejected=0, written=written, timings=timings)
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, num_cpus: int | None, resources: "Resources"):
+    """Ray for the search, checked to hold one supernet's workers at once; a local Ray started here
+    (none runs and no ``address``) is checked before it starts and stopped after."""
+    from search.ray_backend import connect, shutdown
+
+    if address is None and not ray.is_initialized() and not resources.gpus:
+        cpus = num_cpus or os.cpu_count() or 1
+        resources.check_fits([{"CPU": float(cpus)}], f"the local Ray ({cpus} CPUs, --num-cpus)")
+    started = connect(address, num_cpus)
+    try:
+        resources.check_fits(_alive_nodes(), f"the Ray cluster at {address}" if address else "the Ray cluster")
+        yield
+    finally:
+        if started:
+            shutdown()
 
 
 class Resources:
