@@ -114,9 +114,14 @@ class Controller(keras.layers.Layer):
     def probabilities(self) -> dict[str, list[float]]:
         return {d.name: tf.nn.softmax(l).numpy().tolist() for d, l in zip(self.decisions, self.logits)}
 
-    def argmax_point(self, setting: InputSetting) -> dict[str, Any]:
-        """The most likely architecture, as a point of the space at ``setting`` (independent
-        categoricals: the per-decision argmax is the joint mode; inactive layers drop out)."""
-        best = {d.name: d.choices[int(np.argmax(l.numpy()))] for d, l in zip(self.decisions, self.logits)}
+    def point(self, choice: Mapping[str, int], setting: InputSetting) -> dict[str, Any]:
+        """The point of the space at ``setting`` that choice indices stand for (parameters left
+        out: their first choice; layers past a block's depth drop out, as in ``SearchSpace.sample``)."""
         clip = setting.params()
-        return self.space.sample(lambda p: clip.get(p.name, best.get(p.name, p.choices[0])))
+        return self.space.sample(lambda p: clip[p.name] if p.name in clip else p.choices[int(choice.get(p.name, 0))])
+
+    def argmax_point(self, setting: InputSetting) -> dict[str, Any]:
+        """The most likely architecture (independent categoricals: the per-decision argmax is the
+        joint mode)."""
+        return self.point({d.name: int(np.argmax(l.numpy())) for d, l in zip(self.decisions, self.logits)},
+                          setting)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -90,12 +91,18 @@ class Clips:
 
 
 def load_clips(config: DataConfig) -> tuple[Clips, Clips, int]:
-    """The training and validation splits, unaugmented, in memory; and the number of classes."""
+    """The training and validation splits, unaugmented, in memory; and the number of classes.
+
+    Each split is put in an order of its own content: the pipeline's shuffle depends on TF's global
+    seed, and batches must be the same in every worker and in a resumed process.
+    """
     train, val, info = make_datasets(dataclasses.replace(config, augment=False))
 
     def gather(dataset) -> Clips:
         videos, labels = zip(*((v.numpy(), l.numpy()) for v, l in dataset))
-        return Clips(tf.constant(np.concatenate(videos)), tf.constant(np.concatenate(labels)))
+        videos, labels = np.concatenate(videos), np.concatenate(labels)
+        order = np.argsort([hashlib.sha1(clip.tobytes()).hexdigest() for clip in videos])
+        return Clips(tf.constant(videos[order]), tf.constant(labels[order]))
 
     return gather(train), gather(val), info.num_classes
 
@@ -127,6 +134,7 @@ class OneShotRun:
         self.delay_steps = int(settings.rl_delay * self.steps)
         recipe = settings.weights_recipe(space.budget)
         self.label_smoothing = recipe.label_smoothing
+        self.num_classes = int(space.num_classes)
         self.terms = cost_terms(space, setting)
         self.target = space.objective.target_macs
         self.beta = space.objective.beta
@@ -147,7 +155,7 @@ class OneShotRun:
             weights_optimizer=optimizer_variables(self.weights_optimizer),
             controller_optimizer=optimizer_variables(self.controller_optimizer),
             step=self.step, baseline_ema=self.baseline_ema)
-        self._step_fn = tf.function(self._distributed_step)
+        self._step_fn = tf.function(self._distributed_step, autograph=False)
 
     def warmup_probability(self, fraction: float, step):
         """TuNAS's linear decay from 1 at step 0 to 0 at ``fraction`` of the steps."""
@@ -169,32 +177,44 @@ class OneShotRun:
     def _replica_step(self, step):
         context = tf.distribute.get_replica_context()
         replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+        mean = tf.distribute.ReduceOp.MEAN
         sample = self.sample(step, replica)
-        num_classes = self.supernet.head.classifier_bias.shape[0]
-        clips, labels = self.train.batch(self.seed, 0, step, replica, self.batch_size, replicas)
-        with tf.GradientTape() as tape:
-            counts = batch_counts(labels, self.supernet(clips, sample=sample), num_classes, self.label_smoothing)
-            loss = counts["loss"] / self.global_batch
-        weights = self.supernet.trainable_variables
-        self.weights_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-
+        loss = self._train_weights(sample, self.train.batch(self.seed, 0, step, replica, self.batch_size, replicas))
         size = self.batch_size * self.settings.validation_batch_multiple
         clips, labels = self.val.batch(self.seed, 1, step, replica, size, replicas)
-        top1 = batch_counts(labels, self.supernet(clips, sample=sample), num_classes)["top1"] / size
+        # The same architecture on a held-out batch, after the weights' step (TuNAS's order).
+        top1 = batch_counts(labels, self.supernet(clips, sample=sample), self.num_classes)["top1"] / size
         macs = graph_macs(self.terms, sample.index, sample.active)
         reward = self.reward(top1, macs)
+        mean_reward = context.all_reduce(mean, reward)
         momentum = self.settings.baseline_momentum
-        ema = momentum * self.baseline_ema + (1 - momentum) * context.all_reduce(tf.distribute.ReduceOp.MEAN, reward)
+        ema = momentum * self.baseline_ema + (1 - momentum) * mean_reward
         # Zero-debiased, as TuNAS's moving average: the first steps' baseline is not pulled to 0.
         baseline = ema / (1.0 - tf.pow(momentum, tf.cast(step + 1, tf.float32)))
+        self._train_controller(sample, reward - baseline, replicas)
+        return {"reward": mean_reward, "baseline": baseline, "ema": ema, "macs": context.all_gather(macs[None], 0),
+                "supernet_top1": context.all_reduce(mean, top1),
+                "train_loss": context.all_reduce(tf.distribute.ReduceOp.SUM, loss)}
+
+    def _train_weights(self, sample: Sample, batch):
+        """One optimizer step of the shared weights on the sampled architecture; the loss is this
+        replica's share of the global batch's mean (Keras 3 optimizers sum over replicas)."""
+        clips, labels = batch
+        weights = self.supernet.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.supernet(clips, sample=sample)
+            loss = batch_counts(labels, logits, self.num_classes, self.label_smoothing)["loss"] / self.global_batch
+        self.weights_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss
+
+    def _train_controller(self, sample: Sample, advantage, replicas: int):
+        """REINFORCE: -advantage * log pi(sample), divided by the replicas so that the optimizer's
+        sum over replicas is TuNAS's cross-replica mean."""
         logits = self.controller.trainable_variables
         with tf.GradientTape() as tape:
             log_prob = self.controller.log_prob(sample.index, sample.active)
-            controller_loss = -tf.stop_gradient(reward - baseline) * log_prob / replicas
-        self.controller_optimizer.apply_gradients(zip(tape.gradient(controller_loss, logits), logits))
-        return {"reward": context.all_reduce(tf.distribute.ReduceOp.MEAN, reward), "baseline": baseline, "ema": ema,
-                "macs": context.all_gather(macs[None], 0), "supernet_top1": context.all_reduce(tf.distribute.ReduceOp.MEAN, top1),
-                "train_loss": context.all_reduce(tf.distribute.ReduceOp.SUM, loss)}
+            loss = -tf.stop_gradient(advantage) * log_prob / replicas
+        self.controller_optimizer.apply_gradients(zip(tape.gradient(loss, logits), logits))
 
     def _distributed_step(self, step):
         out = self.strategy.run(self._replica_step, args=(step,))

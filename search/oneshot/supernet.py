@@ -60,12 +60,17 @@ def width_mask(width, widest: int):
     return tf.sequence_mask(width, widest, dtype=tf.float32)
 
 
-def select(index, mixed, branches: Sequence[Callable]):
-    """The branch ``index`` (only it runs), or with ``mixed`` the mean of all (op warm-up)."""
+def select(index, mixed, branches: Sequence[Callable], shape):
+    """The branch ``index`` (only it runs), or with ``mixed`` the mean of all (op warm-up).
+
+    Each branch sits in its own ``tf.cond``, traced once for both uses; a branch that does not
+    run gives zeros of ``shape`` and its variables zero gradients.
+    """
     if len(branches) == 1:
         return branches[0]()
-    return tf.cond(mixed, lambda: tf.add_n([branch() for branch in branches]) / len(branches),
-                   lambda: tf.switch_case(index, list(branches)))
+    weights = tf.where(mixed, tf.fill([len(branches)], 1.0 / len(branches)), tf.one_hot(index, len(branches)))
+    return tf.add_n([tf.cond(weights[i] > 0, lambda i=i, branch=branch: weights[i] * branch(),
+                             lambda: tf.zeros(shape)) for i, branch in enumerate(branches)])
 
 
 class Architecture:
@@ -246,8 +251,10 @@ class SuperLayer(keras.layers.Layer):
         out_mask = width_mask(arch.value(self.out_param), self.out_widest)
         y = pointwise(x, self.expand_kernel)
         y = self.act(batch_norm(y, self.expand_gamma, self.expand_beta, self.epsilon)) * expand_mask
+        batch, frames, height, width, _ = dims(y)
+        strided = [batch, frames, -(-height // self.stride), -(-width // self.stride), self.widest]
         y = select(arch.index(self.kernel_param), arch.mixed(self.kernel_param),
-                   [lambda branch=branch: branch(y, channel_mask=expand_mask) for branch in self.kernels])
+                   [lambda branch=branch: branch(y, channel_mask=expand_mask) for branch in self.kernels], strided)
         y = self.squeeze_excite(y, arch)
         y = batch_norm(pointwise(y, self.project_kernel), self.project_gamma, self.project_beta, self.epsilon)
         return y * out_mask * self.rezero + self.shortcut(x, arch, out_mask)
@@ -261,7 +268,7 @@ class SuperLayer(keras.layers.Layer):
 
         if SE_PARAM not in arch.params:
             return branch(self.se_types[0])()
-        return select(arch.index(SE_PARAM), arch.mixed(SE_PARAM), [branch(t) for t in self.se_types])
+        return select(arch.index(SE_PARAM), arch.mixed(SE_PARAM), [branch(t) for t in self.se_types], dims(y))
 
     def shortcut(self, x, arch: Architecture, out_mask):
         if self.always_identity:

@@ -1,0 +1,204 @@
+"""One-shot search core: settings, exact in-graph cost, zero gradients of unsampled branches,
+cost-targeted searches on the synthetic motion set, and resume."""
+
+import copy
+import random
+import re
+import statistics
+
+import numpy as np
+import pytest
+
+from search.candidate import candidate_macs, decode
+from search.space import SpaceError, space_from_dict
+
+SPACE = {
+    "name": "oneshot_test",
+    "space": {
+        "input": {"resolution": [16], "frames": [4]},
+        "stem": {"filters": [8, 16]},
+        "blocks": [
+            # stride 1 and widths shared with the stem: the first layer's skip is an identity or a projection
+            {"filters": [8, 16], "depth": [1, 2], "stride": 1, "expand_ratio": [2.0, 4.0],
+             "kernel": [[1, 3, 3], [3, 3, 3], [5, 3, 3]]},
+            {"filters": [16, 24, 32], "depth": [1, 3], "stride": 2, "expand_ratio": [2.0, 4.0],
+             "kernel": [[1, 3, 3], [3, 3, 3]], "layers": [{"expand": [32, 64]}]},
+        ],
+        "head": {"project_filters": [32, 64], "head_filters": [32, 64]},
+        "options": {"se_type": ["2plus3d", "none"]},
+    },
+    "objective": {"target_macs": 1.2e6, "window": 0.05, "beta": -1.0},
+    "data": {"source": "synthetic", "num_classes": 4, "train_clips": 256, "val_clips": 64, "batch_size": 8},
+    "budget": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.01},
+    "search": {"algorithm": "oneshot", "seed": 0},
+    "oneshot": {"steps": 150, "controller_learning_rate": 0.05, "log_every": 10, "checkpoint_every": 50},
+}
+
+
+def make_space(source="oneshot_test.yaml", **sections):
+    """SPACE with whole sections replaced."""
+    return space_from_dict({**copy.deepcopy(SPACE), **sections}, source=source)
+
+
+def median_macs(space, samples=500) -> float:
+    rng = random.Random(0)
+    return statistics.median(candidate_macs(space, decode(space, space.sample(lambda p: rng.choice(p.choices))))
+                             for _ in range(samples))
+
+
+@pytest.mark.parametrize("section, field", [
+    ({"oneshot": {"steps": 0}}, "oneshot.steps"),
+    ({"oneshot": {"epochs": -1}}, "oneshot.epochs"),
+    ({"oneshot": {"rl_delay": 0.2, "op_warmup": 0.3}}, "oneshot.op_warmup"),
+    ({"oneshot": {"rl_delay": 0.1, "filter_warmup": 0.2}}, "oneshot.filter_warmup"),
+    ({"oneshot": {"stepz": 10}}, "oneshot: unknown field(s) ['stepz']"),
+    ({"oneshot": {"optimizer": "lion"}}, "oneshot.optimizer"),
+    ({"search": {"algorithm": "oneshot", "workers": 0}}, "search.workers"),
+])
+def test_bad_oneshot_settings_name_the_file_and_field(section, field):
+    with pytest.raises(SpaceError, match="^" + re.escape(f"bad.yaml: {field}")):
+        make_space("bad.yaml", **section)
+
+
+def test_a_space_with_nothing_to_choose_is_refused_before_training():
+    from search.oneshot.settings import oneshot_settings
+
+    fixed = {"input": {"resolution": [16, 24], "frames": [4]}, "stem": {"filters": [8]},
+             "blocks": [{"filters": [8], "depth": 1, "stride": 1, "expand": [16], "kernel": [[3, 3, 3]]}],
+             "head": {"project_filters": [32], "head_filters": [32]}}
+    with pytest.raises(SpaceError, match=r"^fixed\.yaml: space: nothing to choose"):
+        oneshot_settings(make_space("fixed.yaml", space=fixed))
+    searched_stride = copy.deepcopy(SPACE["space"])
+    searched_stride["blocks"][1]["stride"] = [1, 2]
+    with pytest.raises(SpaceError, match=r"^s\.yaml: space\.blocks\[1\]\.stride: a one-shot search keeps"):
+        oneshot_settings(make_space("s.yaml", space=searched_stride))
+
+
+def test_oneshot_settings_defaults_follow_tunas():
+    from search.oneshot.settings import oneshot_settings
+
+    settings = oneshot_settings(make_space(oneshot={"steps": 1000}))
+    assert (settings.rl_delay, settings.op_warmup, settings.filter_warmup) == (0.25, 0.25, 0.25)
+    assert settings.baseline_momentum == 0.95 and settings.validation_batch_multiple == 4
+    assert settings.controller_rate(global_batch=512) == pytest.approx(3e-4 * 2)
+
+
+@pytest.mark.parametrize("conv_type", ["2plus1d", "3d"])
+def test_in_graph_cost_equals_movinet_cost_of_the_materialized_spec(conv_type):
+    import tensorflow as tf
+
+    from search.oneshot.controller import Controller
+    from search.oneshot.costs import cost_terms, graph_macs
+    from search.oneshot.settings import input_settings
+
+    space = make_space(space={**SPACE["space"], "options": {"se_type": ["2plus3d", "none"],
+                                                           "conv_type": [conv_type]}})
+    setting = input_settings(space)[0]
+    controller = Controller(space)
+    terms = cost_terms(space, setting)
+    seen = set()
+    for step in range(50):
+        # Widest-width replacement in a third of the samples reaches the space's largest widths too.
+        sample = controller.sample(7, step, 0, p_ops=0.0, p_filters=0.3)
+        macs = int(graph_macs(terms, sample.index, sample.active).numpy())
+        point = controller.point({k: int(v.numpy()) for k, v in sample.index.items()}, setting)
+        candidate = decode(space, point)
+        assert macs == candidate.cost(space.num_classes).macs == candidate_macs(space, candidate)
+        seen.add(macs)
+        assert sample.index["b1.l2.kernel"].dtype == tf.int32
+    assert len(seen) > 40
+
+
+def _gradients(space, index_values):
+    import tensorflow as tf
+
+    from search.oneshot.controller import Controller, Sample
+    from search.oneshot.loop import options_by_se
+    from search.oneshot.settings import input_settings
+    from search.oneshot.supernet import Supernet
+
+    setting = input_settings(space)[0]
+    supernet = Supernet(space, options_by_se(space, setting))
+    for variable in supernet.weights:
+        if variable.path.endswith("rezero"):
+            variable.assign(1.0)    # ReZero starts at 0, which would zero the branches' gradients too
+    controller = Controller(space)
+    clips = tf.random.stateless_uniform([4, 4, 16, 16, 3], seed=[1, 2])
+
+    @tf.function
+    def gradients(index):
+        sample = Sample(index, {k: tf.constant(False) for k in index}, controller.active(index))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(supernet(clips, sample=sample)))
+        return tape.gradient(loss, supernet.trainable_variables)
+
+    paths = [v.path for v in supernet.trainable_variables]
+    results = []
+    for values in index_values:
+        index = {p.name: tf.constant(values.get(p.name, 0), tf.int32) for p in controller.params}
+        grads = gradients(index)
+        assert all(g is not None for g in grads)
+        results.append({path: np.abs(g.numpy()).max() for path, g in zip(paths, grads)})
+    return results
+
+
+def test_unsampled_branches_get_zero_not_missing_gradients():
+    space = make_space()
+    small, other = _gradients(space, [
+        {"b0.l0.kernel": 1, "options.se_type": 1, "b1.depth": 0},      # 3x3x3, no SE, one layer in block 1
+        {"b0.l0.kernel": 2, "options.se_type": 0, "b1.depth": 2, "b1.l2.kernel": 1},
+    ])
+    assert small.keys() == other.keys()
+    assert small["block0_layer0_kernel1/spatial_kernel"] > 0 and small["block0_layer0_kernel1/temporal_kernel"] > 0
+    unsampled_in_small = ("block0_layer0_kernel2/spatial_kernel", "block0_layer0_kernel2/temporal_kernel",
+                          "block0_layer0_se_2plus3d/reduce_kernel", "block1_layer1/expand_kernel",
+                          "block1_layer2_kernel1/temporal_kernel")
+    for path in unsampled_in_small:
+        assert small[path] == 0 and other[path] > 0, path
+    for path in ("block0_layer0_kernel0/spatial_kernel", "block0_layer0_kernel1/spatial_kernel"):
+        assert other[path] == 0, path
+
+
+def search(tmp_path, name, target_macs=1.2e6, seed=0, resume=False, on_progress=None, **oneshot):
+    from search.oneshot import input_settings, train_supernet
+
+    space = make_space(objective={**SPACE["objective"], "target_macs": target_macs},
+                       oneshot={**SPACE["oneshot"], **oneshot})
+    return train_supernet(space, input_settings(space)[0], folder=tmp_path / name, seed=seed, resume=resume,
+                          on_progress=on_progress)
+
+
+@pytest.mark.slow
+def test_searches_at_three_targets_end_within_5_percent_of_them(tmp_path):
+    median = median_macs(make_space())
+    ratios = []
+    for factor in (0.5, 1.0, 2.0):
+        result = search(tmp_path, f"x{factor}", target_macs=factor * median)
+        assert result["macs"] == candidate_macs(make_space(), decode(make_space(), result["point"]))
+        ratios.append(result["macs"] / result["target_macs"])
+    assert sum(abs(r - 1) <= 0.05 for r in ratios) >= 2, ratios
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_to_the_same_final_spec(tmp_path):
+    settings = {"steps": 40, "log_every": 10, "checkpoint_every": 10}
+    whole = search(tmp_path, "whole", **settings)
+
+    def kill_at_20(progress):
+        if progress["step"] == 20:
+            raise Killed
+
+    with pytest.raises(Killed):
+        search(tmp_path, "killed", on_progress=kill_at_20, **settings)
+    logged = []
+    resumed = search(tmp_path, "killed", resume=True, on_progress=lambda p: logged.append(p["step"]), **settings)
+    assert logged == [30, 40]          # it went on from the checkpoint of step 20
+    assert resumed["spec"] == whole["spec"]
+    for name, probabilities in whole["decisions"].items():
+        np.testing.assert_allclose(resumed["decisions"][name], probabilities, atol=1e-6)
+    steps = (tmp_path / "killed" / "steps.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in steps] == list(range(1, 41))
