@@ -298,7 +298,8 @@ def print_report(r: dict) -> None:
         f"found vs random at equal cost: found top-1 {found['standalone_top1']:.3f} ({found['macs'] / 1e6:.2f}M) "
         f"vs median {median} of {matched['count']} random within +-5% (goal: found >= median)",
         f"Kendall tau supernet vs stand-alone over {r['kendall_tau']['architectures']} architectures: "
-        f"{r['kendall_tau']['tau']:.2f} (95% CI {r['kendall_tau']['ci95'][0]:.2f} to {r['kendall_tau']['ci95'][1]:.2f})",
+        f"{r['kendall_tau']['tau']:.2f} (95% CI {r['kendall_tau']['ci95'][0]:.2f} to "
+        f"{r['kendall_tau']['ci95'][1]:.2f})",
         f"one-shot search {r['oneshot_seconds']:.0f} s = {r['search_vs_one_training']:.2f}x one stand-alone training "
         f"of the found architecture ({found['train_seconds']:.0f} s; goal <= 3x)",
         f"random search in the same wall time: {r['random_search']['trials']} trials, best top-1 "

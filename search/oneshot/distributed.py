@@ -191,8 +191,9 @@ def _train_settings(space: SearchSpace, pending: list[InputSetting], folder: Pat
     callback = SettingsCallback(folder, progress, echo)
     runs = folder / "ray"
     segment = len(list(runs.glob("run-*"))) if runs.exists() else 0
+    storage = str((runs / f"run-{segment}" / "train").resolve())
     driver = tune.with_parameters(_drive_setting, space=space, folder=str(folder.resolve()), resources=resources,
-                                  resume=resume, progress=progress, storage=str((runs / f"run-{segment}" / "train").resolve()))
+                                  resume=resume, progress=progress, storage=storage)
     # A trial only waits on its trainer, whose workers hold the CPUs: asking for a CPU here would
     # leave a 2-CPU machine one short for 2 workers. Tune refuses an empty request, so it asks for
     # one byte of memory instead.
@@ -372,6 +373,7 @@ def _retrain(space: SearchSpace, folder: Path, candidates: Mapping[str, Candidat
     if not todo:
         return
     done = len(Ledger(folder).rows())
-    echo(f"retraining {len(todo)} found spec{'s' * (len(todo) > 1)} from scratch ({space.budget['epochs']} epochs each)")
+    echo(f"retraining {len(todo)} found spec{'s' * (len(todo) > 1)} from scratch "
+         f"({space.budget['epochs']} epochs each)")
     ray_backend.run(space, FoundSampler(space, todo), Ledger(folder), train_and_score, remaining=len(todo), done=done,
                     total=done + len(todo), address=address, num_cpus=num_cpus, echo=echo)

@@ -116,7 +116,8 @@ def save_found_spec(path: Path, space: SearchSpace, candidate: Candidate, outcom
     (``movinet.cost``, as the search counts: stream mode, the data's classes), and the search's numbers."""
     cost = candidate.cost(space.num_classes)
     published = {"frames": candidate.frames, "resolution": candidate.resolution,
-                 "frame_stride": candidate.frame_stride, "macs": cost.macs, "params": cost.params, "target_macs": float(outcome["target_macs"]),
+                 "frame_stride": candidate.frame_stride, "macs": cost.macs, "params": cost.params,
+                 "target_macs": float(outcome["target_macs"]),
                  "searched_at": outcome["setting"], "searched_macs": int(outcome["macs"]),
                  "supernet_top1": float(outcome["supernet_top1"]), "supernet_reward": float(outcome["reward"])}
     if retrained is not None and retrained.get("top1") is not None:
@@ -182,5 +183,5 @@ def format_summary(table: list[Mapping]) -> str:
          f"{r['reported_frames']}x{r['reported_resolution']}: {r['reported_macs'] / 1e6:.2f}M")
         for r in table]
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                     for row in lines)
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) for row in lines)
