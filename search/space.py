@@ -373,17 +373,6 @@ def _settings(r: _SpaceReader, data) -> Settings:
     )
 
 
-def _oneshot_section(r: _SpaceReader, data) -> dict:
-    """The ``oneshot:`` section, checked here so that a bad field fails as the file loads."""
-    from search.oneshot.settings import OneShotError, parse_oneshot   # it imports this module lazily too
-
-    try:
-        parse_oneshot(data)
-    except OneShotError as err:
-        r.fail(*str(err).split(": ", 1))
-    return dict(data or {})
-
-
 def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
     """Builds a validated SearchSpace; raises SpaceError naming ``source`` and the field path."""
     r = _SpaceReader(source)
@@ -402,6 +391,7 @@ def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
     budget = r.mapping(data["budget"], "budget", ("epochs",), _open_fields(data["budget"]))
     r.positive_int(budget["epochs"], "budget.epochs")
     dataset = r.mapping(data.get("data") or {}, "data", (), _open_fields(data.get("data") or {}))
+    oneshot = data.get("oneshot") or {}   # its fields are checked by search.oneshot.settings
     return SearchSpace(
         name=name,
         resolution=r.int_choices(inp["resolution"], "space.input.resolution"),
@@ -419,7 +409,7 @@ def space_from_dict(data: Mapping, source: str = "<space>") -> SearchSpace:
         budget=dict(budget),
         settings=_settings(r, data["search"]),
         source=source,
-        oneshot=_oneshot_section(r, data.get("oneshot")),
+        oneshot=dict(r.mapping(oneshot, "oneshot", (), _open_fields(oneshot))),
     )
 
 

@@ -139,7 +139,7 @@ class OneShotRun:
         self.target = space.objective.target_macs
         self.beta = space.objective.beta
         with strategy.scope():
-            self.supernet = Supernet(space, options_by_se(space, setting), name="supernet")
+            self.supernet = Supernet(space, options_by_se(space, setting), seed=seed, name="supernet")
             self.controller = Controller(space, name="controller")
             self.weights_optimizer = make_optimizer(dataclasses.replace(recipe, precision="float32"), self.steps)
             self.controller_optimizer = keras.optimizers.Adam(

@@ -25,6 +25,7 @@ import itertools
 from typing import Any, Mapping
 
 from movinet.train_config import OPTIMIZERS, TrainConfig
+from search.space import SearchSpace, SpaceError
 
 # What the weight-sharing supernet keeps outside: each combination is a supernet run of its own.
 INPUT_PARAMS = ("input.resolution", "input.frames", "input.frame_stride")
@@ -154,14 +155,12 @@ def parse_oneshot(section: Mapping[str, Any] | None) -> OneShotSettings:
     return OneShotSettings(**values)
 
 
-def oneshot_settings(space) -> OneShotSettings:
+def oneshot_settings(space: SearchSpace) -> OneShotSettings:
     """The validated one-shot settings of ``space``; raises SpaceError naming the file and field.
 
     Besides the section itself, checks what the supernet needs of the space: something to
     choose beyond the input, fixed strides, and options it can switch between.
     """
-    from search.space import SpaceError
-
     try:
         settings = parse_oneshot(space.oneshot)
     except OneShotError as err:
@@ -187,7 +186,7 @@ def oneshot_settings(space) -> OneShotSettings:
 SWITCHED_OPTIONS = ("se_type",)
 
 
-def input_settings(space) -> list[InputSetting]:
+def input_settings(space: SearchSpace) -> list[InputSetting]:
     """Every resolution x frames x frame_stride of ``space``, one supernet run each."""
     return [InputSetting(r, f, s) for r, f, s in itertools.product(space.resolution, space.frames,
                                                                    space.frame_stride)]

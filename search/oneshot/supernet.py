@@ -23,6 +23,7 @@ architectures, whose moving statistics would mean nothing).
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import keras
@@ -73,6 +74,18 @@ def select(index, mixed, branches: Sequence[Callable], shape):
                              lambda: tf.zeros(shape)) for i, branch in enumerate(branches)])
 
 
+class SeededInitializers:
+    """Fresh initializers with seeds drawn in creation order from one seed: every process builds
+    the same supernet (a resumed run, each worker of a strategy)."""
+
+    def __init__(self, seed: int):
+        self.seeds = itertools.count(seed * 100_003)
+
+    def __call__(self, initializer):
+        initializer = keras.initializers.get(initializer)
+        return type(initializer).from_config({**initializer.get_config(), "seed": next(self.seeds)})
+
+
 class Architecture:
     """A sample resolved into the widths it stands for (int32 scalars) for one supernet."""
 
@@ -96,14 +109,14 @@ class Architecture:
 
 
 class Stem(keras.layers.Layer):
-    def __init__(self, space: SearchSpace, options: ModelOptions, **kwargs):
+    def __init__(self, space: SearchSpace, options: ModelOptions, init: SeededInitializers, **kwargs):
         super().__init__(**kwargs)
         self.widest = max(space.stem_filters)
         self.kernel_hw, self.stride = space.stem_kernel[1:], space.stem_stride[1]
         self.options = options
         self.act = activation_fn(options.activation)
         self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_hw, 3, self.widest),
-                                      initializer=options.kernel_initializer)
+                                      initializer=init(options.kernel_initializer))
         self.gamma = self.add_weight(name="gamma", shape=(self.widest,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(self.widest,), initializer="zeros")
         self.built = True
@@ -118,24 +131,25 @@ class KernelBranch(keras.layers.Layer):
     """One kernel choice's depthwise conv: (2+1)D (spatial -> BN, act -> causal temporal -> BN, act)
     as the stream models' default, or 3D (the temporal taps' spatial convs summed -> BN, act)."""
 
-    def __init__(self, kernel, stride: int, channels: int, options: ModelOptions, **kwargs):
+    def __init__(self, kernel, stride: int, channels: int, options: ModelOptions, init: SeededInitializers,
+                 **kwargs):
         super().__init__(**kwargs)
         self.kernel_t, self.kernel_h, self.kernel_w = kernel
         self.stride = stride
         self.separable = options.separable
         self.epsilon = options.norm_epsilon
         self.act = activation_fn(options.activation)
-        init = options.kernel_initializer
+        kernel_init = options.kernel_initializer
         weight = self.add_weight
         if self.separable:
             self.spatial = weight(name="spatial_kernel", shape=(self.kernel_h, self.kernel_w, channels, 1),
-                                  initializer=init)
+                                  initializer=init(kernel_init))
             if self.kernel_t > 1:
                 self.temporal = weight(name="temporal_kernel", shape=(self.kernel_t, 1, channels, 1),
-                                       initializer=init)
+                                       initializer=init(kernel_init))
         else:
             self.kernel = weight(name="kernel", shape=(self.kernel_t, self.kernel_h, self.kernel_w, 1, channels),
-                                 initializer=init)
+                                 initializer=init(kernel_init))
         norms = 2 if self.separable and self.kernel_t > 1 else 1
         self.gammas = [weight(name=f"gamma{i}", shape=(channels,), initializer="ones") for i in range(norms)]
         self.betas = [weight(name=f"beta{i}", shape=(channels,), initializer="zeros") for i in range(norms)]
@@ -169,16 +183,18 @@ class SEBranch(keras.layers.Layer):
     """One SE type's causal squeeze-and-excitation (the stand-alone ``SqueezeExcitation``) over
     masked channels: its hidden width follows the sampled expansion width through ``hidden_mask``."""
 
-    def __init__(self, se_type: str, channels: int, hidden: int, options: ModelOptions, **kwargs):
+    def __init__(self, se_type: str, channels: int, hidden: int, options: ModelOptions, init: SeededInitializers,
+                 **kwargs):
         super().__init__(**kwargs)
         self.se_type = se_type
         pooled = 2 * channels if se_type == "2plus3d" else channels
         self.act = activation_fn(options.activation)
         self.gate = activation_fn(options.gating_activation)
-        init = options.kernel_initializer
-        self.reduce_kernel = self.add_weight(name="reduce_kernel", shape=(pooled, hidden), initializer=init)
+        self.reduce_kernel = self.add_weight(name="reduce_kernel", shape=(pooled, hidden),
+                                             initializer=init(options.kernel_initializer))
         self.reduce_bias = self.add_weight(name="reduce_bias", shape=(hidden,), initializer="zeros")
-        self.expand_kernel = self.add_weight(name="expand_kernel", shape=(hidden, channels), initializer=init)
+        self.expand_kernel = self.add_weight(name="expand_kernel", shape=(hidden, channels),
+                                             initializer=init(options.kernel_initializer))
         self.expand_bias = self.add_weight(name="expand_bias", shape=(channels,), initializer="zeros")
         self.built = True
 
@@ -200,7 +216,7 @@ class SuperLayer(keras.layers.Layer):
     """Layer ``l`` of block ``b`` over every width, kernel and SE choice of the space."""
 
     def __init__(self, space: SearchSpace, b: int, l: int, in_param: str, options_by_se: dict,
-                 **kwargs):
+                 init: SeededInitializers, **kwargs):
         super().__init__(**kwargs)
         block = space.blocks[b]
         choices: LayerChoices = block.layers[l]
@@ -218,20 +234,21 @@ class SuperLayer(keras.layers.Layer):
         self.options = options
         self.epsilon = options.norm_epsilon
         self.act = activation_fn(options.activation)
-        init, weight = options.kernel_initializer, self.add_weight
-        self.expand_kernel = weight(name="expand_kernel", shape=(self.in_widest, self.widest), initializer=init)
+        kernel_init, weight = options.kernel_initializer, self.add_weight
+        self.expand_kernel = weight(name="expand_kernel", shape=(self.in_widest, self.widest),
+                                    initializer=init(kernel_init))
         self.expand_gamma = weight(name="expand_gamma", shape=(self.widest,), initializer="ones")
         self.expand_beta = weight(name="expand_beta", shape=(self.widest,), initializer="zeros")
-        self.kernels = [KernelBranch(kernel, self.stride, self.widest, options, name=f"{self.name}_kernel{i}")
+        self.kernels = [KernelBranch(kernel, self.stride, self.widest, options, init, name=f"{self.name}_kernel{i}")
                         for i, kernel in enumerate(choices.kernel)]
         self.se_types = list(options_by_se)
         self.se_hidden = {t: np.array([[se_hidden(int(e), o) for e in row] for row in self.expand_widths],
                                       np.int32) for t, o in options_by_se.items() if t != "none"}
-        self.se = {t: SEBranch(t, self.widest, int(self.se_hidden[t].max()), options_by_se[t],
+        self.se = {t: SEBranch(t, self.widest, int(self.se_hidden[t].max()), options_by_se[t], init,
                                 name=f"{self.name}_se_{t}")
                    for t in self.se_hidden}
         self.project_kernel = weight(name="project_kernel", shape=(self.widest, self.out_widest),
-                                     initializer=init)
+                                     initializer=init(kernel_init))
         self.project_gamma = weight(name="project_gamma", shape=(self.out_widest,), initializer="ones")
         self.project_beta = weight(name="project_beta", shape=(self.out_widest,), initializer="zeros")
         self.rezero = weight(name="rezero", shape=(), initializer="zeros")
@@ -240,7 +257,7 @@ class SuperLayer(keras.layers.Layer):
             self.out_widest})
         if not self.always_identity:
             self.skip_kernel = weight(name="skip_kernel", shape=(self.in_widest, self.out_widest),
-                                      initializer=init)
+                                      initializer=init(kernel_init))
             self.skip_gamma = weight(name="skip_gamma", shape=(self.out_widest,), initializer="ones")
             self.skip_beta = weight(name="skip_beta", shape=(self.out_widest,), initializer="zeros")
         self.built = True
@@ -289,7 +306,8 @@ class SuperLayer(keras.layers.Layer):
 class Head(keras.layers.Layer):
     """Projection (mask) -> mean over frames and space -> classifier conv + act (mask) -> logits."""
 
-    def __init__(self, space: SearchSpace, in_widest: int, options: ModelOptions, **kwargs):
+    def __init__(self, space: SearchSpace, in_widest: int, options: ModelOptions, init: SeededInitializers,
+                 **kwargs):
         super().__init__(**kwargs)
         self.project_widest, self.head_widest = max(space.project_filters), max(space.head_filters)
         self.options = options
@@ -297,15 +315,15 @@ class Head(keras.layers.Layer):
         self.classifier_act = activation_fn(options.classifier_activation)
         weight = self.add_weight
         self.project_kernel = weight(name="project_kernel", shape=(in_widest, self.project_widest),
-                                     initializer=options.kernel_initializer)
+                                     initializer=init(options.kernel_initializer))
         self.project_gamma = weight(name="project_gamma", shape=(self.project_widest,), initializer="ones")
         self.project_beta = weight(name="project_beta", shape=(self.project_widest,), initializer="zeros")
         self.head_kernel = weight(name="head_kernel", shape=(self.project_widest, self.head_widest),
-                                  initializer=options.kernel_initializer)
+                                  initializer=init(options.kernel_initializer))
         self.head_bias = weight(name="head_bias", shape=(self.head_widest,), initializer="zeros")
         # The stand-alone classifier's N(0, 0.01) initialisation.
         self.classifier_kernel = weight(name="classifier_kernel", shape=(self.head_widest, options.num_classes),
-                                        initializer=keras.initializers.RandomNormal(stddev=0.01))
+                                        initializer=init(keras.initializers.RandomNormal(stddev=0.01)))
         self.classifier_bias = weight(name="classifier_bias", shape=(options.num_classes,), initializer="zeros")
         self.built = True
 
@@ -325,21 +343,23 @@ class Supernet(keras.layers.Layer):
     Args:
       options_by_se: the stand-alone build options of each SE type the space allows (one entry,
         the fixed type, when it is not searched); every other option is shared.
+      seed: the initial weights' (the same in every process).
     """
 
-    def __init__(self, space: SearchSpace, options_by_se: dict[str, ModelOptions], **kwargs):
+    def __init__(self, space: SearchSpace, options_by_se: dict[str, ModelOptions], seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.space = space
         options = next(iter(options_by_se.values()))
-        self.stem = Stem(space, options, name="stem")
+        init = SeededInitializers(seed)
+        self.stem = Stem(space, options, init, name="stem")
         self.blocks = []
         in_param = "stem.filters"
         for b, block in enumerate(space.blocks):
-            layers = [SuperLayer(space, b, l, in_param if l == 0 else f"b{b}.filters", options_by_se,
+            layers = [SuperLayer(space, b, l, in_param if l == 0 else f"b{b}.filters", options_by_se, init,
                                  name=f"block{b}_layer{l}") for l in range(len(block.layers))]
             self.blocks.append(layers)
             in_param = f"b{b}.filters"
-        self.head = Head(space, max(space.blocks[-1].filters), options, name="head")
+        self.head = Head(space, max(space.blocks[-1].filters), options, init, name="head")
         self.built = True
 
     def call(self, clip, sample: Sample):

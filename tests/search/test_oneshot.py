@@ -31,7 +31,7 @@ SPACE = {
     "data": {"source": "synthetic", "num_classes": 4, "train_clips": 256, "val_clips": 64, "batch_size": 8},
     "budget": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.01},
     "search": {"algorithm": "oneshot", "seed": 0},
-    "oneshot": {"steps": 150, "controller_learning_rate": 0.05, "log_every": 10, "checkpoint_every": 50},
+    "oneshot": {"steps": 150, "controller_learning_rate": 0.3, "log_every": 10, "checkpoint_every": 50},
 }
 
 
@@ -56,8 +56,10 @@ def median_macs(space, samples=500) -> float:
     ({"search": {"algorithm": "oneshot", "workers": 0}}, "search.workers"),
 ])
 def test_bad_oneshot_settings_name_the_file_and_field(section, field):
+    from search.oneshot.settings import oneshot_settings
+
     with pytest.raises(SpaceError, match="^" + re.escape(f"bad.yaml: {field}")):
-        make_space("bad.yaml", **section)
+        oneshot_settings(make_space("bad.yaml", **section))
 
 
 def test_a_space_with_nothing_to_choose_is_refused_before_training():
