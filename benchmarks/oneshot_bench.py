@@ -1,7 +1,8 @@
 """The one-shot search against stand-alone training, side by side in one process (issue 26).
 
     python benchmarks/oneshot_bench.py [--space specs/spaces/oneshot_demo.yaml] [--epochs E]
-        [--train-clips N] [--val-clips N] [--rank-archs 20] [--random-archs 5] [--out results/oneshot_bench]
+        [--train-clips N] [--val-clips N] [--min-area A] [--rank-archs 20] [--random-archs 5]
+        [--out results/oneshot_bench]
 
 On the space's first input setting, with one recipe (the space's ``data`` and ``budget``, the
 one-shot search as long as ``budget.epochs`` epochs):
@@ -44,6 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, help="override budget.epochs (the search's and every training's)")
     parser.add_argument("--train-clips", type=int, help="override data.train_clips")
     parser.add_argument("--val-clips", type=int, help="override data.val_clips")
+    parser.add_argument("--min-area", type=float, help="override data.min_area (stand-alone trainings' crops)")
     parser.add_argument("--rank-archs", type=int, default=20, help="architectures of the rank correlation")
     parser.add_argument("--random-archs", type=int, default=5, help="random architectures at the found cost")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,7 +59,7 @@ def bench_space(args):
     from search.training import check_training_sections
 
     data = space_to_dict(load_space(args.space))
-    for key, value in (("train_clips", args.train_clips), ("val_clips", args.val_clips)):
+    for key, value in (("train_clips", args.train_clips), ("val_clips", args.val_clips), ("min_area", args.min_area)):
         if value is not None:
             data["data"][key] = value
     if args.epochs is not None:
