@@ -252,7 +252,6 @@ def _train_worker(config: Mapping) -> None:
     from search.trial import hold_threads
 
     hold_threads(config["cpus"])
-    import keras
     import tensorflow as tf
     from ray import train
 
@@ -267,9 +266,7 @@ def _train_worker(config: Mapping) -> None:
     def forward(metrics: Mapping) -> None:
         progress.put_nowait({"setting": setting.key, **metrics})
 
-    seed = config["space"].settings.seed
-    keras.utils.set_random_seed(seed)   # the supernet's initial weights: the same seed, the same search
-    outcome = train_supernet(config["space"], setting, folder=folder, seed=seed,
+    outcome = train_supernet(config["space"], setting, folder=folder, seed=config["space"].settings.seed,
                              strategy=strategy, resume=config["resume"], on_progress=forward)
     # Ray Train keeps only the metrics reported with a checkpoint, and every worker must report.
     with tempfile.TemporaryDirectory() as scratch:
