@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.data import DataConfig, make_datasets
-from movinet.evaluate import batch_counts
+from movinet.metrics import batch_counts
 from movinet.options import ModelOptions, resolve_options
 from movinet.train import is_chief, make_optimizer, optimizer_variables
 from search.candidate import candidate_macs, decode

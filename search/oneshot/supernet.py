@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.cost import se_hidden
-from movinet.layers import activation_fn, batch_to_frames, depthwise_conv2d, dims, frames_to_batch
+from movinet.ops import activation_fn, batch_to_frames, depthwise_conv2d, dims, frames_to_batch
 from movinet.options import ModelOptions
 from search.oneshot.controller import Sample
 from search.oneshot.costs import SE_PARAM
