@@ -31,7 +31,7 @@ SPACE = {
     "data": {"source": "synthetic", "num_classes": 4, "train_clips": 256, "val_clips": 64, "batch_size": 8},
     "budget": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.01},
     "search": {"algorithm": "oneshot", "seed": 0},
-    "oneshot": {"steps": 150, "controller_learning_rate": 0.3, "log_every": 10, "checkpoint_every": 50},
+    "oneshot": {"steps": 300, "controller_learning_rate": 0.3, "log_every": 10, "checkpoint_every": 100},
 }
 
 
