@@ -234,6 +234,53 @@ def test_predict_cli_with_a_named_model_and_the_official_checkpoint(tmp_path, ca
         np.testing.assert_allclose([c["probability"] for c in top], probabilities[order], atol=1.5e-6)
 
 
+def image_quantization(path: Path) -> tuple[float, int]:
+    """(scale, zero point) that a TF Lite model quantizes its float ``image`` input with."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    (image,) = [t["index"] for t in interpreter.get_input_details() if "image" in t["name"]]
+    (quantize,) = [op for op in interpreter._get_ops_details() if image in op["inputs"]]
+    assert quantize["op_name"] == "QUANTIZE"
+    return tensors[quantize["outputs"][0]]["quantization"]
+
+
+@pytest.mark.slow
+def test_export_cli_int8_calibrates_on_the_videos_it_is_given(tmp_path, capsys):
+    """`export --quantize int8 --calibration VIDEO ...` writes an int8 model whose input range is the
+    calibration videos' (bright ones: about [0, 1]; the same at a quarter of the brightness: about [0, 0.3]);
+    a missing calibration video is one error line, exit status 2, and no model."""
+    import tensorflow as tf
+
+    from movinet.data.synthetic import synthetic_motion
+    from tests.helpers import FIXTURES
+
+    videos = synthetic_motion(2, 8, 32, split="train")[0]
+    scales = {}
+    for brightness in (1.0, 0.25):
+        paths = [write_video(tmp_path / f"{brightness}_{i}.mp4", (v * brightness * 255).round().astype(np.uint8), 5)
+                 for i, v in enumerate(videos)]
+        out = tmp_path / f"{brightness}.tflite"
+        status, lines, _ = run_cli(capsys, "export", FIXTURES / "motion_stream", "--quantize", "int8",
+                                   "--calibration", *paths, "--resolution", 32, "--fps", 5, "--out", out)
+        assert status == 0 and lines[-1] == f"wrote {out}"
+        types = [np.dtype(t["dtype"]) for t in tf.lite.Interpreter(model_path=str(out)).get_tensor_details()]
+        assert types.count(np.int8) > len(types) / 2       # weights and activations (measured: 177 of 265)
+        scales[brightness], zero_point = image_quantization(out)
+        assert zero_point == -128                             # the darkest pixel, 0, is the lowest level
+        # an int8 range from 0 to the calibration videos' brightest decoded value (the codec's
+        # overshoot lifts it above what was written: 0.31 for 0.24)
+        brightest = max(predict.read_video(p, resolution=32, fps=5).max() for p in paths)
+        assert scales[brightness] == pytest.approx(brightest / 255, rel=0.01)
+    missing = tmp_path / "missing.mp4"
+    status, lines, errors = run_cli(capsys, "export", FIXTURES / "motion_stream", "--quantize", "int8",
+                                    "--calibration", paths[0], missing, "--resolution", 32, "--fps", 5,
+                                    "--out", tmp_path / "m.tflite")
+    assert (status, lines, errors) == (2, [], [f"movinet export: error: {missing}: no such video file"])
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_export_cli_saved_model_streams_the_keras_models_logits(tmp_path, capsys, saved_models):
     import tensorflow as tf
 
