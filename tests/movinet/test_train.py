@@ -264,7 +264,7 @@ def test_jit_compile_hands_the_gradient_step_to_xla_which_updates_the_weights_as
     assert not tf_compiled and len(xla_compiled) == 1
     assert xla_metrics["loss"] == pytest.approx(tf_metrics["loss"], rel=1e-6)
     for got, expected in zip(xla_weights, tf_weights):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)   # a float32 ulp or two
 
 
 def test_a_training_step_descends_cross_entropy_plus_half_the_weight_decay_times_the_squared_kernels():
@@ -311,6 +311,7 @@ def test_mixed_precision_training_runs(tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_computes_in_bfloat16_on_float32_variables_and_stays_near_the_float32_step():
     """Under mixed_bfloat16 every layer with weights computes in bfloat16 on float32 variables: one
     SGD step lands within bfloat16's reach of the float32 step (measured: weights 2.6e-4 apart,
