@@ -87,6 +87,21 @@ def unit_logits(model, videos):
     return model
 
 
+def clip_dependent_logits(model, videos):
+    """Rescales the last layer so that each logit varies by about 1 between ``videos``.
+
+    A random network's logits barely depend on the clip, so every clip would get the same
+    top-1 class and a test of per-clip decisions would say nothing; after this the top-1 class
+    follows the clip.
+    """
+    layer = model.classifier.classifier
+    logits = model(videos).numpy() - layer.bias.numpy()
+    scale = 1.0 / np.maximum(logits.std(axis=0), 1e-6)
+    layer.kernel.assign(layer.kernel.numpy() * scale)
+    layer.bias.assign(-logits.mean(axis=0) * scale)
+    return model
+
+
 def random_model(spec, mode="stream", scaling=unit_logits, seed=0, **options):
     keras.utils.set_random_seed(seed)   # the kernels too, so every run tests the same model
     model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES, **options), seed)
