@@ -18,15 +18,7 @@ import tensorflow as tf
 from family import registry
 from movinet import export
 from movinet.runners import TFLiteStreamRunner
-from tests.helpers import randomize_weights
-
-
-def keras_frame_logits(model, frames):
-    states, logits = model.init_states((1, 1, *frames.shape[1:])), []
-    for frame in frames:
-        step, states = model({**states, "image": frame[None, None]})
-        logits.append(step.numpy()[0])
-    return np.stack(logits)
+from tests.helpers import keras_frame_logits, randomize_weights
 
 
 def main():

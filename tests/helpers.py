@@ -102,6 +102,15 @@ def clip_dependent_logits(model, videos):
     return model
 
 
+def keras_frame_logits(model, clip):
+    """Logits after each frame of ``clip`` [T, H, W, 3], the Keras stream model called on one frame at a time."""
+    states, logits = model.init_states((1, 1, *clip.shape[1:])), []
+    for frame in clip:
+        step, states = model({**states, "image": frame[None, None]})
+        logits.append(step.numpy()[0])
+    return np.stack(logits)
+
+
 def random_model(spec, mode="stream", scaling=unit_logits, seed=0, **options):
     keras.utils.set_random_seed(seed)   # the kernels too, so every run tests the same model
     model = randomize_weights(movinet.build_model(spec, mode, num_classes=NUM_CLASSES, **options), seed)

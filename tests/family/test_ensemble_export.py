@@ -9,7 +9,8 @@ from cli.main import main
 from family import ResolutionEnsemble, TemporalEnsemble, registry
 from movinet import export, runners
 from movinet.spec import InputSpec
-from tests.helpers import RESOLUTION, TINY_SPEC, clips, random_model, saved_model_logits, write_video
+from tests.helpers import (RESOLUTION, TINY_SPEC, clips, keras_frame_logits, random_model, saved_model_logits,
+                           write_video)
 
 VIDEO = InputSpec(frames=8, resolution=RESOLUTION, fps=5)
 
@@ -20,15 +21,6 @@ def ensemble(kind: str):
     if kind == "resolution":
         return ResolutionEnsemble(members, ["small", "full"], resolutions=[48, RESOLUTION], video_input=VIDEO)
     return TemporalEnsemble(members, ["even", "odd"], video_input=VIDEO)
-
-
-def keras_frame_logits(model, clip):
-    """Logits after each frame of ``clip``, the Keras ensemble called on one frame at a time."""
-    states, logits = model.init_states((1, 1, *clip.shape[1:])), []
-    for frame in clip:
-        step, states = model({**states, "image": frame[None, None]})
-        logits.append(step.numpy()[0])
-    return np.stack(logits)
 
 
 @pytest.mark.slow
