@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -492,3 +493,37 @@ def test_a_real_search_through_the_cli_resumes_with_its_flags_and_writes_the_bes
     assert saved["spec"]["blocks"] == candidate.spec.to_dict()["blocks"]
     assert (saved["frames"], saved["resolution"], saved["options"]) == \
         (best["frames"], best["resolution"], dict(candidate.options))
+
+
+def test_asha_stops_the_real_trials_whose_first_epoch_fell_below_the_median_before_them(ray_cluster, tmp_path):
+    """Real trials (``search.training``) under ASHA (grace 1 epoch, reduction factor 2): a trial
+    stops after its first epoch where its reward then fell below the median of the first-epoch
+    rewards the scheduler had seen before it, replayed here in the order of the progress lines
+    (printed as the scheduler takes each result), and runs the whole budget otherwise. The
+    search proposes the most multiply-adds first (all below the target with this seed), so on a
+    tie in top-1 a later trial's reward is lower and some trial must stop."""
+    path = space_file(tmp_path, data={"source": "synthetic", "train_clips": 8, "val_clips": 4, "batch_size": 4},
+                      budget={"epochs": 2, "verbose": 0}, search={"scheduler": "asha"})
+    lines = []
+    result = run_search(path, num_trials=4, output_dir=tmp_path / "out", echo=lines.append)
+    objective = load_space(path).objective
+    rows = {row["trial"]: row for row in result.rows}
+    first_epochs = []   # (trial, reward after epoch 1); top1 of 4 clips prints exactly in 3 decimals
+    for line in lines:
+        words = line.split()
+        if words[0] == "trial" and words[2:4] == ["epoch", "1:"]:
+            top1 = float(words[4].removeprefix("top1="))
+            first_epochs.append((words[1], objective.reward(top1, rows[words[1]]["macs"])))
+    must_stop, seen = {}, []
+    for trial, reward in first_epochs:
+        if seen and reward < np.percentile(seen, 50):
+            must_stop[trial] = reward
+        seen.append(reward)
+    assert len(result.rows) == len(rows) == 4 and sorted(trial for trial, _ in first_epochs) == sorted(rows)
+    assert sorted(pd.read_csv(result.folder / "trials.csv", dtype={"trial": str})["trial"]) == sorted(rows)
+    assert must_stop, "no trial fell below the median: this search cannot tell ASHA from no scheduler"
+    assert {trial for trial, row in rows.items() if row["status"] == STOPPED} == set(must_stop)
+    for trial, row in rows.items():
+        assert row["epoch"] == (1 if trial in must_stop else 2), row
+        if trial in must_stop:
+            assert row["reward"] == pytest.approx(must_stop[trial]), row
