@@ -9,7 +9,8 @@ import tensorflow as tf
 import movinet
 from movinet import checkpoints, export, runners
 from movinet.data.synthetic import synthetic_motion
-from tests.helpers import FIXTURES, NUM_CLASSES, RESOLUTION, TINY_SPEC, clips, random_model, saved_model_logits
+from tests.helpers import (FIXTURES, NUM_CLASSES, RESOLUTION, TINY_SPEC, clip_dependent_logits, clips, random_model,
+                           saved_model_logits)
 
 # A small stream model trained on the synthetic motion set (tests/fixtures/make_motion_stream.py).
 MOTION_MODEL = FIXTURES / "motion_stream"
@@ -177,10 +178,13 @@ def test_tflite_base_model_on_a_fixed_clip(tmp_path):
 
 @pytest.mark.slow
 def test_saved_model_streams_in_a_process_without_the_project(tmp_path):
+    """The SavedModel's ``call`` returns every new state, which fed back frame after frame gives
+    the Keras stream model's logits; its logits follow the frames seen, so that a state left out
+    or not carried moves them by 5e-3 or more (measured), 50 times the tolerance."""
     from movinet.predict import read_video
     from tests.helpers import write_video
 
-    stream = random_model(TINY_SPEC)
+    stream = random_model(TINY_SPEC, scaling=clip_dependent_logits)
     base = random_model(TINY_SPEC, "base")
     export.export_saved_model(stream, tmp_path / "stream", resolution=None)
     export.export_saved_model(base, tmp_path / "base", frames=None, resolution=None, batch=None)
