@@ -171,6 +171,8 @@ def _check_folder(folder: Path, space: SearchSpace, resume: bool) -> set[str]:
     """The settings already finished in ``folder``; without ``resume`` there must be none."""
     done = finished_settings(folder)
     started = sorted(p.name for p in folder.glob("r*_f*_s*") if p.is_dir()) if folder.exists() else []
+    if resume and not started:
+        raise SearchError(f"--resume: {folder} holds no one-shot search to continue; drop --resume to start one")
     if started and not resume:
         raise SearchError(f"{folder} already holds a one-shot search ({', '.join(started)}): pass --resume to "
                           "continue it, or give another --output-dir")

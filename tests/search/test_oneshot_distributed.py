@@ -122,6 +122,15 @@ def test_workers_that_do_not_fit_are_one_error_line_before_ray_starts(tmp_path, 
     assert not (tmp_path / "oneshot_tiny").exists()
 
 
+def test_resume_into_a_folder_without_a_oneshot_search_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "oneshot_tiny").mkdir()          # e.g. the wrong --output-dir, or a multi-trial search's
+    status = main(["search", str(TINY), "--resume", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err == (f"movinet search: error: --resume: {tmp_path / 'oneshot_tiny'} holds no one-shot "
+                                   "search to continue; drop --resume to start one\n"), err
+    assert list((tmp_path / "oneshot_tiny").iterdir()) == []
+
+
 @pytest.mark.parametrize("nodes, workers, cpus, gpus, fits", [
     ([{"CPU": 2}], 2, 1, 0, True),
     ([{"CPU": 2}], 2, 1.5, 0, False),                        # 3 CPUs of 2
