@@ -16,7 +16,7 @@ Widths are channel masks over the widest choice (TuNAS): a block's width is one 
 its layers and the residuals, each layer's expansion its own mask, and masked channels are exactly
 zero (the mask multiplies after each BN and activation), so a sub-network computes what the
 stand-alone network of its spec computes. Only the sampled kernel and SE branch run
-(``tf.switch_case``); the others get zero gradients, never None, so every replica's gradient list
+(one ``tf.switch_case`` per decision); the others get zero gradients, never None, so every replica's gradient list
 is the same. Batch norm always uses the batch's statistics (TuNAS: replicas run different
 architectures, whose moving statistics would mean nothing).
 """
@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.cost import se_hidden
-from movinet.ops import activation_fn, batch_to_frames, depthwise_conv2d, dims, frames_to_batch
+from movinet.ops import (activation_fn, batch_norm_hard_swish, batch_to_frames, depthwise_conv2d, dims,
+                         frames_to_batch, worth_fusing)
 from movinet.options import ModelOptions
 from search.oneshot.controller import Sample
 from search.oneshot.costs import SE_PARAM
@@ -45,6 +46,17 @@ def batch_norm(x, gamma, beta, epsilon: float):
                                     mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=epsilon,
                                     is_training=True)[0]
     return tf.reshape(y, shape)
+
+
+def normalize_activate(x, gamma, beta, epsilon: float, activation: str):
+    """``activation(batch_norm(x))`` as the stand-alone layers' training step computes it: for
+    hard_swish over a large float32 tensor one fused kernel each way, else BN then the activation
+    (itself a fused kernel where it pays)."""
+    if activation == "hard_swish" and x.dtype == tf.float32 and worth_fusing(x):
+        shape = dims(x)
+        y = batch_norm_hard_swish(tf.reshape(x, [-1, shape[-1]]), gamma, beta, epsilon)[0]
+        return tf.reshape(y, shape)
+    return activation_fn(activation)(batch_norm(x, gamma, beta, epsilon), training=True)
 
 
 def pointwise(x, kernel, bias=None):
@@ -61,17 +73,25 @@ def width_mask(width, widest: int):
     return tf.sequence_mask(width, widest, dtype=tf.float32)
 
 
-def select(index, mixed, branches: Sequence[Callable], shape):
-    """The branch ``index`` (only it runs), or with ``mixed`` the mean of all (op warm-up).
+def mean_of(tensors):
+    """The tensors' mean, by stack and reduce: Grappler rewrites adds inside case branches into
+    temporary variables whose names collide once the branches are inlined twice."""
+    return tf.reduce_mean(tf.stack(tensors), axis=0)
 
-    Each branch sits in its own ``tf.cond``, traced once for both uses; a branch that does not
-    run gives zeros of ``shape`` and its variables zero gradients.
+
+def select(index, mixed, branches: Sequence[Callable], mixture: Callable | None = None):
+    """The branch ``index`` (only it runs), or with ``mixed`` the mixture of all (op warm-up):
+    ``mixture()``, by default the branches' mean.
+
+    One ``tf.switch_case``: the variables of branches that do not run get zero gradients, never None.
     """
     if len(branches) == 1:
         return branches[0]()
-    weights = tf.where(mixed, tf.fill([len(branches)], 1.0 / len(branches)), tf.one_hot(index, len(branches)))
-    return tf.add_n([tf.cond(weights[i] > 0, lambda i=i, branch=branch: weights[i] * branch(),
-                             lambda: tf.zeros(shape)) for i, branch in enumerate(branches)])
+
+    def mean():
+        return mean_of([branch() for branch in branches])
+
+    return tf.switch_case(tf.where(mixed, len(branches), index), [*branches, mixture or mean])
 
 
 class SeededInitializers:
@@ -114,7 +134,6 @@ class Stem(keras.layers.Layer):
         self.widest = max(space.stem_filters)
         self.kernel_hw, self.stride = space.stem_kernel[1:], space.stem_stride[1]
         self.options = options
-        self.act = activation_fn(options.activation)
         self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_hw, 3, self.widest),
                                       initializer=init(options.kernel_initializer))
         self.gamma = self.add_weight(name="gamma", shape=(self.widest,), initializer="ones")
@@ -123,8 +142,9 @@ class Stem(keras.layers.Layer):
 
     def call(self, clip, arch: Architecture):
         y = tf.nn.conv2d(frames_to_batch(clip), self.kernel, [1, self.stride, self.stride, 1], "SAME")
-        y = batch_norm(batch_to_frames(y, clip), self.gamma, self.beta, self.options.norm_epsilon)
-        return self.act(y) * width_mask(arch.value("stem.filters"), self.widest)
+        y = normalize_activate(batch_to_frames(y, clip), self.gamma, self.beta, self.options.norm_epsilon,
+                               self.options.activation)
+        return y * width_mask(arch.value("stem.filters"), self.widest)
 
 
 class KernelBranch(keras.layers.Layer):
@@ -138,7 +158,7 @@ class KernelBranch(keras.layers.Layer):
         self.stride = stride
         self.separable = options.separable
         self.epsilon = options.norm_epsilon
-        self.act = activation_fn(options.activation)
+        self.activation = options.activation
         kernel_init = options.kernel_initializer
         weight = self.add_weight
         if self.separable:
@@ -156,7 +176,7 @@ class KernelBranch(keras.layers.Layer):
         self.built = True
 
     def normalize(self, y, i: int, channel_mask):
-        return self.act(batch_norm(y, self.gammas[i], self.betas[i], self.epsilon)) * channel_mask
+        return normalize_activate(y, self.gammas[i], self.betas[i], self.epsilon, self.activation) * channel_mask
 
     def spatial_conv(self, x, kernel):
         strides = [1, self.stride, self.stride, 1]
@@ -233,7 +253,6 @@ class SuperLayer(keras.layers.Layer):
         options = next(iter(options_by_se.values()))
         self.options = options
         self.epsilon = options.norm_epsilon
-        self.act = activation_fn(options.activation)
         kernel_init, weight = options.kernel_initializer, self.add_weight
         self.expand_kernel = weight(name="expand_kernel", shape=(self.in_widest, self.widest),
                                     initializer=init(kernel_init))
@@ -267,11 +286,10 @@ class SuperLayer(keras.layers.Layer):
         expand_mask = width_mask(expand, self.widest)
         out_mask = width_mask(arch.value(self.out_param), self.out_widest)
         y = pointwise(x, self.expand_kernel)
-        y = self.act(batch_norm(y, self.expand_gamma, self.expand_beta, self.epsilon)) * expand_mask
-        batch, frames, height, width, _ = dims(y)
-        strided = [batch, frames, -(-height // self.stride), -(-width // self.stride), self.widest]
+        y = normalize_activate(y, self.expand_gamma, self.expand_beta, self.epsilon, self.options.activation)
+        y = y * expand_mask
         y = select(arch.index(self.kernel_param), arch.mixed(self.kernel_param),
-                   [lambda branch=branch: branch(y, channel_mask=expand_mask) for branch in self.kernels], strided)
+                   [lambda branch=branch: branch(y, channel_mask=expand_mask) for branch in self.kernels])
         y = self.squeeze_excite(y, arch)
         y = batch_norm(pointwise(y, self.project_kernel), self.project_gamma, self.project_beta, self.epsilon)
         return y * out_mask * self.rezero + self.shortcut(x, arch, out_mask)
@@ -285,7 +303,7 @@ class SuperLayer(keras.layers.Layer):
 
         if SE_PARAM not in arch.params:
             return branch(self.se_types[0])()
-        return select(arch.index(SE_PARAM), arch.mixed(SE_PARAM), [branch(t) for t in self.se_types], dims(y))
+        return select(arch.index(SE_PARAM), arch.mixed(SE_PARAM), [branch(t) for t in self.se_types])
 
     def shortcut(self, x, arch: Architecture, out_mask):
         if self.always_identity:
@@ -311,7 +329,6 @@ class Head(keras.layers.Layer):
         super().__init__(**kwargs)
         self.project_widest, self.head_widest = max(space.project_filters), max(space.head_filters)
         self.options = options
-        self.act = activation_fn(options.activation)
         self.classifier_act = activation_fn(options.classifier_activation)
         weight = self.add_weight
         self.project_kernel = weight(name="project_kernel", shape=(in_widest, self.project_widest),
@@ -328,9 +345,9 @@ class Head(keras.layers.Layer):
         self.built = True
 
     def call(self, x, arch: Architecture):
-        y = batch_norm(pointwise(x, self.project_kernel), self.project_gamma, self.project_beta,
-                       self.options.norm_epsilon)
-        y = self.act(y) * width_mask(arch.value("head.project_filters"), self.project_widest)
+        y = normalize_activate(pointwise(x, self.project_kernel), self.project_gamma, self.project_beta,
+                               self.options.norm_epsilon, self.options.activation)
+        y = y * width_mask(arch.value("head.project_filters"), self.project_widest)
         pooled = tf.reduce_mean(y, axis=[1, 2, 3])
         hidden = self.classifier_act(tf.nn.bias_add(tf.matmul(pooled, self.head_kernel), self.head_bias))
         hidden = hidden * width_mask(arch.value("head.head_filters"), self.head_widest)
@@ -377,11 +394,17 @@ class Supernet(keras.layers.Layer):
             x = layer(x, arch=arch)
         if len(depths) == 1:
             return x
-        weights = tf.where(arch.mixed(depth_param), tf.fill([len(depths)], 1.0 / len(depths)),
-                           tf.one_hot(arch.index(depth_param), len(depths)))
-        out = weights[0] * x
-        for d in range(1, len(depths)):
-            deeper = tf.reduce_sum(weights[d:]) > 0
-            x = tf.cond(deeper, lambda layer=layers[depths[d] - 1], x=x: layer(x, arch=arch), lambda x=x: x)
-            out += weights[d] * x
-        return out
+
+        def deeper(x, depth: int, until: int):
+            for layer in layers[depth:until]:
+                x = layer(x, arch=arch)
+            return x
+
+        def mixture():
+            outputs = [x]
+            for depth, until in zip(depths, depths[1:]):
+                outputs.append(deeper(outputs[-1], depth, until))
+            return mean_of(outputs)
+
+        return select(arch.index(depth_param), arch.mixed(depth_param),
+                      [lambda until=until: deeper(x, depths[0], until) for until in depths], mixture)
