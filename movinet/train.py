@@ -138,6 +138,19 @@ def clip_each_by_norm(tensors, limit, factor=1.0):
     return clipped
 
 
+def clip_over_replicas(gradients, limit):
+    """Clips each variable's gradient of the whole global batch to ``limit`` (in a replica context).
+
+    The gradients are summed over replicas first and divided back afterwards, so the
+    optimizer's own sum over replicas gives the clipped whole-batch gradient.
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    if replicas > 1:
+        gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+    return clip_each_by_norm(gradients, limit, 1.0 / replicas)
+
+
 class Trainer:
     """A model and its optimizer under a strategy: distributed train and evaluation steps."""
 
@@ -173,19 +186,12 @@ class Trainer:
         return tape.gradient(scaled, self.model.trainable_variables), counts
 
     def _clipped(self, gradients):
-        """Clips each variable's gradient of the whole global batch to ``clipnorm``.
-
-        The gradients are summed over replicas first and divided back afterwards, so the
-        optimizer's own sum gives the clipped whole-batch gradient. With loss scaling the
-        limit is scaled too, which clips the unscaled gradient.
-        """
-        replicas = self.strategy.num_replicas_in_sync
-        if replicas > 1:
-            gradients = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        """``clip_over_replicas`` at ``clipnorm``; with loss scaling the limit is scaled too, which
+        clips the unscaled gradient."""
         limit = self.config.clipnorm
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             limit = limit * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        return clip_each_by_norm(gradients, limit, 1.0 / replicas)
+        return clip_over_replicas(gradients, limit)
 
     def _replica_train_step(self, clips, labels):
         gradients, counts = self._gradients(clips, labels)

@@ -33,7 +33,7 @@ import tensorflow as tf
 from movinet.data import DataConfig, make_datasets
 from movinet.metrics import batch_counts
 from movinet.options import ModelOptions, resolve_options
-from movinet.train import is_chief, make_optimizer, optimizer_variables
+from movinet.train import clip_over_replicas, is_chief, make_optimizer, optimizer_variables
 from search.candidate import candidate_macs, decode
 from search.oneshot.controller import Controller, Sample
 from search.oneshot.costs import SE_PARAM, base_point, cost_terms, graph_macs
@@ -134,6 +134,7 @@ class OneShotRun:
         self.delay_steps = int(settings.rl_delay * self.steps)
         recipe = settings.weights_recipe(space.budget)
         self.label_smoothing = recipe.label_smoothing
+        self.clipnorm = recipe.clipnorm
         self.num_classes = int(space.num_classes)
         self.terms = cost_terms(space, setting)
         self.target = space.objective.target_macs
@@ -150,6 +151,11 @@ class OneShotRun:
             self.controller_optimizer.build(self.controller.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.baseline_ema = tf.Variable(0.0, trainable=False, name="baseline_ema")
+        # The stand-alone models' L2 (weight_decay / 2 on every conv kernel but the classifier's),
+        # on every branch's kernels at each step, sampled or not, as TuNAS decays all shared weights.
+        self.kernel_l2 = recipe.weight_decay / 2.0
+        self.decayed = [w for w in self.supernet.trainable_variables
+                        if w.path.endswith("kernel") and not w.path.endswith("classifier_kernel")]
         self.checkpoint = tf.train.Checkpoint(
             supernet=_by_path(self.supernet.weights), controller=_by_path(self.controller.weights),
             weights_optimizer=optimizer_variables(self.weights_optimizer),
@@ -179,7 +185,7 @@ class OneShotRun:
         replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
         mean = tf.distribute.ReduceOp.MEAN
         sample = self.sample(step, replica)
-        loss = self._train_weights(sample, self.train.batch(self.seed, 0, step, replica, self.batch_size, replicas))
+        loss = self.train_weights(sample, self.train.batch(self.seed, 0, step, replica, self.batch_size, replicas))
         size = self.batch_size * self.settings.validation_batch_multiple
         clips, labels = self.val.batch(self.seed, 1, step, replica, size, replicas)
         # The same architecture on a held-out batch, after the weights' step (TuNAS's order).
@@ -196,15 +202,23 @@ class OneShotRun:
                 "supernet_top1": context.all_reduce(mean, top1),
                 "train_loss": context.all_reduce(tf.distribute.ReduceOp.SUM, loss)}
 
-    def _train_weights(self, sample: Sample, batch):
-        """One optimizer step of the shared weights on the sampled architecture; the loss is this
-        replica's share of the global batch's mean (Keras 3 optimizers sum over replicas)."""
+    def train_weights(self, sample: Sample, batch):
+        """One optimizer step of the shared weights on the sampled architecture, with the
+        stand-alone recipe's L2 and per-variable clipping; the loss is this replica's share of the
+        global batch's mean (Keras 3 optimizers sum over replicas)."""
         clips, labels = batch
         weights = self.supernet.trainable_variables
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self.supernet(clips, sample=sample)
             loss = batch_counts(labels, logits, self.num_classes, self.label_smoothing)["loss"] / self.global_batch
-        self.weights_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+            if self.kernel_l2:
+                penalty = self.kernel_l2 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in self.decayed])
+                loss += penalty / replicas
+        gradients = tape.gradient(loss, weights)
+        if self.clipnorm:
+            gradients = clip_over_replicas(gradients, self.clipnorm)
+        self.weights_optimizer.apply_gradients(zip(gradients, weights))
         return loss
 
     def _train_controller(self, sample: Sample, advantage, replicas: int):

@@ -161,6 +161,57 @@ def test_unsampled_branches_get_zero_not_missing_gradients():
         assert other[path] == 0, path
 
 
+def test_the_weight_step_takes_the_recipes_l2_and_clipping_on_every_kernel():
+    """One SGD step of the shared weights is w - rate * clip(grad(cross-entropy + wd/2 * sum of
+    every kernel's squares but the classifier's)), each variable's gradient clipped on its own:
+    the kernels of branches the sample leaves out move by their decay alone."""
+    import keras
+    import tensorflow as tf
+
+    from search.oneshot.controller import Sample
+    from search.oneshot.loop import OneShotRun, load_clips
+    from search.oneshot.settings import input_settings, oneshot_settings
+    from movinet.data import DataConfig
+
+    weight_decay, clipnorm = 0.05, 0.02
+    space = make_space(budget={**SPACE["budget"], "optimizer": "sgd", "learning_rate": 0.5,
+                               "weight_decay": weight_decay, "clipnorm": clipnorm, "warmup_fraction": 0.0,
+                               "label_smoothing": 0.0, "momentum": 0.0},
+                       data={**SPACE["data"], "train_clips": 8, "val_clips": 8, "batch_size": 2},
+                       space={**SPACE["space"], "blocks": SPACE["space"]["blocks"][:1]})
+    setting = input_settings(space)[0]
+    config = DataConfig(**{**space.data, "frames": setting.frames, "resolution": setting.resolution})
+    train, val, _ = load_clips(config)
+    run = OneShotRun(space, setting, oneshot_settings(space), tf.distribute.get_strategy(), train, val, seed=0)
+    index = run.point_index({"b0.l0.kernel": "1x3x3"})
+    sample = Sample(index, {name: tf.constant(False) for name in index}, run.controller.active(index))
+    clips, labels = run.train.batch(0, 0, 0, 0, run.batch_size, 1)
+    weights = run.supernet.trainable_variables
+    kernels = [w for w in weights if w.path.endswith("kernel") and "classifier" not in w.path]
+
+    @tf.function
+    def loss_gradients():
+        with tf.GradientTape() as tape:
+            cross_entropy = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, run.supernet(clips, sample=sample), from_logits=True))
+            loss = cross_entropy + weight_decay / 2 * tf.add_n([tf.reduce_sum(w ** 2) for w in kernels])
+        return tape.gradient(loss, weights)
+
+    gradients = loss_gradients()
+    rate = float(run.weights_optimizer.learning_rate)
+    expected = {w.path: (w - rate * tf.clip_by_norm(g, clipnorm)).numpy() for w, g in zip(weights, gradients)}
+    before = {w.path: w.numpy() for w in weights}
+    tf.function(lambda: run.train_weights(sample, (clips, labels)))()
+    assert rate == 0.5 and len(kernels) > 20
+    assert sum(float(tf.norm(g)) > clipnorm for g in gradients) > 10      # the clipping is at work
+    for w in weights:
+        np.testing.assert_allclose(w.numpy(), expected[w.path], rtol=1e-5, atol=1e-6, err_msg=w.path)
+    unsampled = "block0_layer0_kernel2/temporal_kernel"      # [5, 3, 3], not sampled: decay alone moves it
+    moved = next(w for w in weights if w.path.endswith(unsampled)).numpy() - next(
+        v for k, v in before.items() if k.endswith(unsampled))
+    assert np.abs(moved).max() > 1e-3
+
+
 def search(tmp_path, name, target_macs=1.2e6, seed=0, resume=False, on_progress=None, **oneshot):
     from search.oneshot import input_settings, train_supernet
 
