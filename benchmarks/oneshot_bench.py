@@ -4,8 +4,9 @@
         [--train-clips N] [--val-clips N] [--min-area A] [--rank-archs 20] [--random-archs 5]
         [--out results/oneshot_bench]
 
-On the space's first input setting, with one recipe (the space's ``data`` and ``budget``, the
-one-shot search as long as ``budget.epochs`` epochs):
+On the space's first input setting, with one recipe (the space's ``data`` and ``budget``), the
+one-shot search and every stand-alone training ``--epochs`` long (by default the space's
+``oneshot.steps`` in whole epochs, else ``budget.epochs``):
 
 1. the one-shot search (``train_supernet``, one replica in this process) finds an architecture;
    it is trained from scratch, and so are ``--random-archs`` random architectures within +-5% of
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import statistics
 import sys
@@ -42,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default=str(ROOT / "specs" / "spaces" / "oneshot_demo.yaml"))
-    parser.add_argument("--epochs", type=int, help="override budget.epochs (the search's and every training's)")
+    parser.add_argument("--epochs", type=int, help="the search's and every training's epochs (default: the "
+                        "space's oneshot.steps in whole epochs, else budget.epochs)")
     parser.add_argument("--train-clips", type=int, help="override data.train_clips")
     parser.add_argument("--val-clips", type=int, help="override data.val_clips")
     parser.add_argument("--min-area", type=float, help="override data.min_area (stand-alone trainings' crops)")
@@ -62,10 +65,15 @@ def bench_space(args):
     for key, value in (("train_clips", args.train_clips), ("val_clips", args.val_clips), ("min_area", args.min_area)):
         if value is not None:
             data["data"][key] = value
+    oneshot = data.get("oneshot", {})
     if args.epochs is not None:
         data["budget"]["epochs"] = args.epochs
+    elif "steps" in oneshot:   # the space's own search length, in whole epochs of its global batch
+        clips = int(data["data"]["train_clips"])
+        global_batch = int(data["data"].get("batch_size", 8)) * int(data["search"].get("workers", 1))
+        data["budget"]["epochs"] = math.ceil(oneshot["steps"] * global_batch / clips)
     # The search as long as one stand-alone training: budget.epochs passes over the training clips.
-    data["oneshot"] = {**{k: v for k, v in data.get("oneshot", {}).items() if k not in ("steps", "epochs")},
+    data["oneshot"] = {**{k: v for k, v in oneshot.items() if k not in ("steps", "epochs")},
                        "epochs": data["budget"]["epochs"]}
     data["search"]["seed"] = args.seed
     return check_training_sections(space_from_dict(data, source=f"{args.space} (benchmark sizes)"))
@@ -146,52 +154,45 @@ def restored_run(space, setting, folder: Path, seed: int):
     return run
 
 
-def median_seconds(step, repeats: int = 12, warmup: int = 3) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        began = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
+def median_seconds(steps: dict, rounds: int = 6, repeats: int = 8, warmup: int = 3) -> dict:
+    """The median seconds of each step of ``steps`` over ``rounds`` interleaved rounds of ``repeats``
+    calls: a host whose speed drifts slows every step alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(repeats):
+                began = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def step_times(space, run, largest) -> dict:
-    """Seconds of one training step: the supernet with ``largest`` sampled, and the stand-alone
-    ``largest``, same batch, same loss, same optimizer recipe."""
-    import keras
+    """Seconds of one training step of ``largest``: in the supernet (the search's own weight step)
+    and stand-alone (``movinet.train``'s step), same batch, same recipe (loss, L2, clipping)."""
     import tensorflow as tf
 
     from movinet.model import build_model
-    from movinet.train import make_optimizer
+    from movinet.train import Trainer, make_optimizer
 
     from search.oneshot.controller import Sample
 
-    clips, labels = run.train.batch(run.seed, 0, 0, 0, run.batch_size, 1)
+    batch = run.train.batch(run.seed, 0, 0, 0, run.batch_size, 1)
     index = run.point_index(largest.params)
     sample = Sample(index, {name: tf.constant(False) for name in index}, run.controller.active(index))
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    supernet_step = tf.function(lambda: run.train_weights(sample, batch), autograph=False)
 
-    @tf.function(autograph=False)
-    def supernet_step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(labels, run.supernet(clips, sample=sample))
-        weights = run.supernet.trainable_variables
-        run.weights_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        return loss
-
-    model = build_model(largest.spec, "stream", num_classes=run.space.num_classes, **largest.options)
-    optimizer = make_optimizer(run.settings.weights_recipe(space.budget), 1000)
-
-    @tf.function(autograph=False)
-    def standalone_step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(labels, model(clips, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
-
-    return {"supernet_train_step_s": median_seconds(lambda: supernet_step().numpy()),
-            "standalone_step_s": median_seconds(lambda: standalone_step().numpy())}
+    recipe = dataclasses.replace(run.settings.weights_recipe(space.budget), precision="float32")
+    model = build_model(largest.spec, "stream", num_classes=run.space.num_classes,
+                        kernel_l2=recipe.weight_decay / 2.0, **largest.options)
+    trainer = Trainer(model, make_optimizer(recipe, 1000), tf.distribute.get_strategy(), recipe, run.batch_size,
+                      run.space.num_classes)
+    seconds = median_seconds({"supernet": lambda: supernet_step().numpy(),
+                              "standalone": lambda: trainer.train_step(batch)})
+    return {"supernet_train_step_s": seconds["supernet"], "standalone_step_s": seconds["standalone"]}
 
 
 def random_search_for(space, seconds: float) -> list[dict]:
