@@ -161,6 +161,138 @@ def test_unsampled_branches_get_zero_not_missing_gradients():
         assert other[path] == 0, path
 
 
+# Points of SPACE with every SE type: narrower widths and expansions, a block below its deepest,
+# 1x3x3 and 3x3x3/5x3x3 kernels, identity and projected skips (stride 1 and strided).
+EQUIVALENT_POINTS = [
+    {"stem.filters": 16, "b0.filters": 8, "b0.depth": 2, "b0.l0.expand": 2.0, "b0.l0.kernel": "5x3x3",
+     "b0.l1.expand": 4.0, "b0.l1.kernel": "1x3x3", "b1.filters": 24, "b1.depth": 3, "b1.l0.expand": 32,
+     "b1.l0.kernel": "3x3x3", "b1.l1.expand": 2.0, "b1.l1.kernel": "1x3x3", "b1.l2.expand": 4.0,
+     "b1.l2.kernel": "3x3x3", "head.project_filters": 32, "head.head_filters": 64, "options.se_type": "2plus3d"},
+    {"stem.filters": 8, "b0.filters": 16, "b0.depth": 1, "b0.l0.expand": 4.0, "b0.l0.kernel": "3x3x3",
+     "b1.filters": 32, "b1.depth": 1, "b1.l0.expand": 64, "b1.l0.kernel": "1x3x3",
+     "head.project_filters": 64, "head.head_filters": 32, "options.se_type": "3d"},
+    {"stem.filters": 16, "b0.filters": 16, "b0.depth": 2, "b0.l0.expand": 2.0, "b0.l0.kernel": "1x3x3",
+     "b0.l1.expand": 2.0, "b0.l1.kernel": "5x3x3", "b1.filters": 16, "b1.depth": 2, "b1.l0.expand": 64,
+     "b1.l0.kernel": "3x3x3", "b1.l1.expand": 4.0, "b1.l1.kernel": "3x3x3",
+     "head.project_filters": 32, "head.head_filters": 32, "options.se_type": "2d"},
+    {"stem.filters": 8, "b0.filters": 8, "b0.depth": 1, "b0.l0.expand": 4.0, "b0.l0.kernel": "3x3x3",
+     "b1.filters": 24, "b1.depth": 2, "b1.l0.expand": 32, "b1.l0.kernel": "1x3x3", "b1.l1.expand": 4.0,
+     "b1.l1.kernel": "1x3x3", "head.project_filters": 64, "head.head_filters": 64, "options.se_type": "none"},
+]
+
+
+def _randomize(supernet, seed=3):
+    """ReZero scalars, BN scales and every shift/bias far from their init, so each path and each
+    channel mask shows in the logits; the classifier kernel wide enough for O(1) logits."""
+    rng = np.random.default_rng(seed)
+    for variable in supernet.weights:
+        name, shape = variable.path.rsplit("/", 1)[-1], variable.shape
+        if name == "rezero" or "gamma" in name:
+            variable.assign(rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape))
+        elif "beta" in name or name.endswith("bias"):
+            variable.assign(rng.normal(0.0, 0.5, shape))
+        elif name == "classifier_kernel":
+            variable.assign(rng.normal(0.0, 0.3, shape))
+
+
+def _copy_into_standalone(supernet, model, space):
+    """Copies the supernet's weights of the sub-network ``model`` stands for into it: the first
+    rows/columns of each widest kernel, the chosen kernel branch and SE type, skips and the head."""
+    def put(target, source):
+        target.assign(np.asarray(source))
+
+    def put_norm(bn, gamma, beta, width):
+        put(bn.gamma, gamma.numpy()[:width])
+        put(bn.beta, beta.numpy()[:width])
+
+    spec, se_type = model.spec, model.options.se_type
+    stem = supernet.stem
+    put(model.stem.kernel, stem.kernel.numpy()[..., :spec.stem.filters])
+    put_norm(model.stem.bn, stem.gamma, stem.beta, spec.stem.filters)
+    for block, (b, l, cin, cout, layer) in zip(model.blocks, spec.iter_layers()):
+        shared = supernet.blocks[b][l]
+        expand = layer.expand
+        put(block.expansion.kernel, shared.expand_kernel.numpy()[:cin, :expand])
+        put_norm(block.expansion.bn, shared.expand_gamma, shared.expand_beta, expand)
+        branch = shared.kernels[space.blocks[b].layers[l].kernel.index(layer.kernel)]
+        feature = block.feature
+        assert feature.separable == branch.separable
+        if feature.separable:
+            put(feature.spatial.kernel, branch.spatial.numpy()[:, :, :expand])
+            put_norm(feature.spatial.bn, branch.gammas[0], branch.betas[0], expand)
+            if layer.kernel[0] > 1:
+                put(feature.temporal_kernel, branch.temporal.numpy()[:, :, :expand])
+                put_norm(feature.bn_temporal, branch.gammas[1], branch.betas[1], expand)
+        else:
+            put(feature.kernel, branch.kernel.numpy()[..., :expand])
+            put_norm(feature.bn, branch.gammas[0], branch.betas[0], expand)
+        if se_type != "none":
+            se, hidden = shared.se[se_type], block.se.hidden
+            reduce = se.reduce_kernel.numpy()
+            if se_type == "2plus3d":   # [temporal; spatial] pools, each over the widest channels
+                reduce = np.concatenate([reduce[:expand], reduce[shared.widest:shared.widest + expand]])
+            put(block.se.reduce.kernel, reduce[:2 * expand if se_type == "2plus3d" else expand, :hidden])
+            put(block.se.reduce.bias, se.reduce_bias.numpy()[:hidden])
+            put(block.se.expand.kernel, se.expand_kernel.numpy()[:hidden, :expand])
+            put(block.se.expand.bias, se.expand_bias.numpy()[:expand])
+        put(block.projection.kernel, shared.project_kernel.numpy()[:expand, :cout])
+        put_norm(block.projection.bn, shared.project_gamma, shared.project_beta, cout)
+        put(block.rezero, shared.rezero)
+        if block.skip is not None:
+            put(block.skip.kernel, shared.skip_kernel.numpy()[:cin, :cout])
+            put_norm(block.skip.bn, shared.skip_gamma, shared.skip_beta, cout)
+    head, project, head_filters = supernet.head, spec.head.project_filters, spec.head.head_filters
+    last = spec.blocks[-1].filters
+    put(model.head.project.kernel, head.project_kernel.numpy()[:last, :project])
+    put_norm(model.head.project.bn, head.project_gamma, head.project_beta, project)
+    put(model.classifier.head.kernel, head.head_kernel.numpy()[:project, :head_filters])
+    put(model.classifier.head.bias, head.head_bias.numpy()[:head_filters])
+    put(model.classifier.classifier.kernel, head.classifier_kernel.numpy()[:head_filters])
+    put(model.classifier.classifier.bias, head.classifier_bias)
+
+
+@pytest.mark.parametrize("fixed_options", [{}, {"conv_type": ["3d"]}], ids=["stream_defaults", "3d_conv"])
+def test_a_sub_network_computes_what_the_standalone_network_of_its_spec_computes(fixed_options):
+    """The supernet at a point, with its weights copied into the stand-alone stream model of the
+    decoded spec, gives that model's logits (both on batch statistics)."""
+    import tensorflow as tf
+
+    from movinet.model import build_model
+    from search.oneshot.controller import Controller, Sample
+    from search.oneshot.loop import options_by_se
+    from search.oneshot.settings import input_settings
+    from search.oneshot.supernet import Supernet
+
+    space = make_space(space={**SPACE["space"], "options": {"se_type": ["2plus3d", "3d", "2d", "none"],
+                                                           **fixed_options}})
+    setting = input_settings(space)[0]
+    options = options_by_se(space, setting)
+    supernet = Supernet(space, options, seed=1)
+    _randomize(supernet)
+    controller = Controller(space)
+    clips = tf.random.stateless_uniform([2, setting.frames, setting.resolution, setting.resolution, 3], seed=[5, 6])
+
+    @tf.function     # in a graph, as the search runs it (one trace: the indices are tensors)
+    def run_supernet(index):
+        sample = Sample(index, {name: tf.constant(False) for name in index}, controller.active(index))
+        return supernet(clips, sample=sample)
+
+    for values in EQUIVALENT_POINTS:
+        # Every choice of the point named: a KeyError otherwise.
+        point = space.sample(lambda p: values[p.name] if len(p.choices) > 1 else p.choices[0])
+        index = {p.name: tf.constant(p.choices.index(point[p.name]) if p.name in point else 0, tf.int32)
+                 for p in controller.params}
+        candidate = decode(space, point)
+        model = build_model(candidate.spec, "stream", num_classes=space.num_classes, **candidate.options)
+        assert model.options == options[point["options.se_type"]]
+        _copy_into_standalone(supernet, model, space)
+        expected = model(clips, training=True).numpy()
+        got = run_supernet(index).numpy()
+        assert np.abs(expected).max() > 0.3                          # logits of order 1
+        # Measured: at most 3e-7 (float32 rounding of sums in another order).
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6, err_msg=str(values))
+
+
 def test_the_weight_step_takes_the_recipes_l2_and_clipping_on_every_kernel():
     """One SGD step of the shared weights is w - rate * clip(grad(cross-entropy + wd/2 * sum of
     every kernel's squares but the classifier's)), each variable's gradient clipped on its own:
