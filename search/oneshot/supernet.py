@@ -322,7 +322,7 @@ class SuperLayer(keras.layers.Layer):
 
 
 class Head(keras.layers.Layer):
-    """Projection (mask) -> mean over frames and space -> classifier conv + act (mask) -> logits."""
+    """Projection (mask) -> the options' average pool -> classifier conv + act (mask) -> logits."""
 
     def __init__(self, space: SearchSpace, in_widest: int, options: ModelOptions, init: SeededInitializers,
                  **kwargs):
@@ -348,10 +348,13 @@ class Head(keras.layers.Layer):
         y = normalize_activate(pointwise(x, self.project_kernel), self.project_gamma, self.project_beta,
                                self.options.norm_epsilon, self.options.activation)
         y = y * width_mask(arch.value("head.project_filters"), self.project_widest)
-        pooled = tf.reduce_mean(y, axis=[1, 2, 3])
-        hidden = self.classifier_act(tf.nn.bias_add(tf.matmul(pooled, self.head_kernel), self.head_bias))
+        # The stand-alone pool ('2d': each frame's own, 'none': each position's); the classifier runs
+        # on each pooled vector and its logits are averaged.
+        axes = {"3d": [1, 2, 3], "2d": [2, 3], "none": []}[self.options.average_pooling_type]
+        pooled = tf.reduce_mean(y, axis=axes, keepdims=True) if axes else y
+        hidden = self.classifier_act(pointwise(pooled, self.head_kernel, self.head_bias))
         hidden = hidden * width_mask(arch.value("head.head_filters"), self.head_widest)
-        return tf.nn.bias_add(tf.matmul(hidden, self.classifier_kernel), self.classifier_bias)
+        return tf.reduce_mean(pointwise(hidden, self.classifier_kernel, self.classifier_bias), axis=[1, 2, 3])
 
 
 class Supernet(keras.layers.Layer):

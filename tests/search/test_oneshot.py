@@ -251,7 +251,9 @@ def _copy_into_standalone(supernet, model, space):
     put(model.classifier.classifier.bias, head.classifier_bias)
 
 
-@pytest.mark.parametrize("fixed_options", [{}, {"conv_type": ["3d"]}], ids=["stream_defaults", "3d_conv"])
+@pytest.mark.parametrize("fixed_options", [{}, {"conv_type": ["3d"], "average_pooling_type": ["2d"]},
+                                           {"average_pooling_type": ["none"]}],
+                         ids=["stream_defaults", "3d_conv_2d_pool", "no_pool"])
 def test_a_sub_network_computes_what_the_standalone_network_of_its_spec_computes(fixed_options):
     """The supernet at a point, with its weights copied into the stand-alone stream model of the
     decoded spec, gives that model's logits (both on batch statistics)."""
