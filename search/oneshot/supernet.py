@@ -398,16 +398,14 @@ class Supernet(keras.layers.Layer):
         if len(depths) == 1:
             return x
 
-        def deeper(x, depth: int, until: int):
-            for layer in layers[depth:until]:
-                x = layer(x, arch=arch)
-            return x
-
-        def mixture():
-            outputs = [x]
-            for depth, until in zip(depths, depths[1:]):
-                outputs.append(deeper(outputs[-1], depth, until))
-            return mean_of(outputs)
-
-        return select(arch.index(depth_param), arch.mixed(depth_param),
-                      [lambda until=until: deeper(x, depths[0], until) for until in depths], mixture)
+        # One tf.cond per optional layer, each layer traced once (a switch_case over depths, whose
+        # mixture branch traces them again, doubled the step's graph and its first-step time).
+        weights = tf.where(arch.mixed(depth_param), tf.fill([len(depths)], 1.0 / len(depths)),
+                           tf.one_hot(arch.index(depth_param), len(depths)))
+        out = weights[0] * x
+        for d in range(1, len(depths)):
+            deeper = tf.reduce_sum(weights[d:]) > 0
+            for layer in layers[depths[d - 1]:depths[d]]:
+                x = tf.cond(deeper, lambda layer=layer, x=x: layer(x, arch=arch), lambda x=x: x)
+            out += weights[d] * x
+        return out
