@@ -1,7 +1,7 @@
 """The one-shot search against stand-alone training, side by side in one process (issue 26).
 
     python benchmarks/oneshot_bench.py [--space specs/spaces/oneshot_demo.yaml] [--epochs E]
-        [--train-clips N] [--val-clips N] [--min-area A] [--rank-archs 20] [--random-archs 5]
+        [--train-clips N] [--val-clips N] [--min-area A] [--num-classes N] [--rank-archs 20] [--random-archs 5]
         [--out results/oneshot_bench]
 
 On the space's first input setting, with one recipe (the space's ``data`` and ``budget``), the
@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-clips", type=int, help="override data.train_clips")
     parser.add_argument("--val-clips", type=int, help="override data.val_clips")
     parser.add_argument("--min-area", type=float, help="override data.min_area (stand-alone trainings' crops)")
+    parser.add_argument("--num-classes", type=int, help="override data.num_classes (the synthetic set's directions)")
     parser.add_argument("--rank-archs", type=int, default=20, help="architectures of the rank correlation")
     parser.add_argument("--random-archs", type=int, default=5, help="random architectures at the found cost")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,7 +63,9 @@ def bench_space(args):
     from search.training import check_training_sections
 
     data = space_to_dict(load_space(args.space))
-    for key, value in (("train_clips", args.train_clips), ("val_clips", args.val_clips), ("min_area", args.min_area)):
+    overrides = (("train_clips", args.train_clips), ("val_clips", args.val_clips), ("min_area", args.min_area),
+                 ("num_classes", args.num_classes))
+    for key, value in overrides:
         if value is not None:
             data["data"][key] = value
     oneshot = data.get("oneshot", {})
@@ -229,7 +232,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     report = {"space": args.space, "setting": setting.key, "epochs": space.budget["epochs"],
               "train_clips": space.data.get("train_clips"), "val_clips": space.data.get("val_clips"),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+              "num_classes": space.data.get("num_classes"), "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=ROOT).stdout.strip()}
 
     began = time.monotonic()
@@ -297,7 +300,8 @@ def print_report(r: dict) -> None:
     found, matched, step = r["found"], r["matched_random"], r["step"]
     median = "-" if matched["median_top1"] is None else f"{matched['median_top1']:.3f}"
     lines = [
-        f"space {r['space']} at {r['setting']}, {r['epochs']} epochs of {r['train_clips']} clips, commit {r['commit']}",
+        f"space {r['space']} at {r['setting']}, {r['epochs']} epochs of {r['train_clips']} clips of "
+        f"{r.get('num_classes')} classes, commit {r['commit']}",
         f"found vs random at equal cost: found top-1 {found['standalone_top1']:.3f} ({found['macs'] / 1e6:.2f}M) "
         f"vs median {median} of {matched['count']} random within +-5% (goal: found >= median)",
         f"Kendall tau supernet vs stand-alone over {r['kendall_tau']['architectures']} architectures: "
