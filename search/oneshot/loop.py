@@ -204,18 +204,20 @@ class OneShotRun:
 
     def train_weights(self, sample: Sample, batch):
         """One optimizer step of the shared weights on the sampled architecture, with the
-        stand-alone recipe's L2 and per-variable clipping; the loss is this replica's share of the
-        global batch's mean (Keras 3 optimizers sum over replicas)."""
+        stand-alone recipe's L2 and per-variable clipping; returns this replica's share of the
+        global batch's mean cross-entropy (Keras 3 optimizers sum over replicas), the L2 left out
+        as the stand-alone trainings report it."""
         clips, labels = batch
         weights = self.supernet.trainable_variables
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self.supernet(clips, sample=sample)
             loss = batch_counts(labels, logits, self.num_classes, self.label_smoothing)["loss"] / self.global_batch
+            total = loss
             if self.kernel_l2:
                 penalty = self.kernel_l2 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in self.decayed])
-                loss += penalty / replicas
-        gradients = tape.gradient(loss, weights)
+                total += penalty / replicas
+        gradients = tape.gradient(total, weights)
         if self.clipnorm:
             gradients = clip_over_replicas(gradients, self.clipnorm)
         self.weights_optimizer.apply_gradients(zip(gradients, weights))

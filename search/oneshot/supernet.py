@@ -15,10 +15,10 @@ in front is the empty buffer of a clip's start):
 Widths are channel masks over the widest choice (TuNAS): a block's width is one mask shared by all
 its layers and the residuals, each layer's expansion its own mask, and masked channels are exactly
 zero (the mask multiplies after each BN and activation), so a sub-network computes what the
-stand-alone network of its spec computes. Only the sampled kernel and SE branch run
-(one ``tf.switch_case`` per decision); the others get zero gradients, never None, so every replica's gradient list
-is the same. Batch norm always uses the batch's statistics (TuNAS: replicas run different
-architectures, whose moving statistics would mean nothing).
+stand-alone network of its spec computes. Only the sampled kernel and SE branch run (one
+``tf.switch_case`` per decision); the others get zero gradients, never None, so every replica's
+gradient list is the same. Batch norm always uses the batch's statistics (TuNAS: replicas run
+different architectures, whose moving statistics would mean nothing).
 """
 
 from __future__ import annotations
@@ -73,25 +73,21 @@ def width_mask(width, widest: int):
     return tf.sequence_mask(width, widest, dtype=tf.float32)
 
 
-def mean_of(tensors):
-    """The tensors' mean, by stack and reduce: Grappler rewrites adds inside case branches into
-    temporary variables whose names collide once the branches are inlined twice."""
-    return tf.reduce_mean(tf.stack(tensors), axis=0)
+def select(index, mixed, branches: Sequence[Callable]):
+    """The branch ``index`` (only it runs), or with ``mixed`` the mean of all (op warm-up).
 
-
-def select(index, mixed, branches: Sequence[Callable], mixture: Callable | None = None):
-    """The branch ``index`` (only it runs), or with ``mixed`` the mixture of all (op warm-up):
-    ``mixture()``, by default the branches' mean.
-
-    One ``tf.switch_case``: the variables of branches that do not run get zero gradients, never None.
+    One ``tf.switch_case`` whose last branch is the mean: the variables of branches that do not
+    run get zero gradients, never None.
     """
     if len(branches) == 1:
         return branches[0]()
 
     def mean():
-        return mean_of([branch() for branch in branches])
+        # Stack and reduce, not adds: Grappler turns adds inside a case branch into temporary
+        # variables whose names collide once the branch is inlined twice in one step.
+        return tf.reduce_mean(tf.stack([branch() for branch in branches]), axis=0)
 
-    return tf.switch_case(tf.where(mixed, len(branches), index), [*branches, mixture or mean])
+    return tf.switch_case(tf.where(mixed, len(branches), index), [*branches, mean])
 
 
 class SeededInitializers:
