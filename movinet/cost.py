@@ -219,10 +219,13 @@ def cost(spec: "ModelSpec | str", mode: str = "base", *, frames: int | None = No
     append(new_layer(LayerCost, ("head", (1, 1, 1, project), cin * project + params, stats,
                                  t * h * w * cin * project, project if head_pool else 0, int(head_pool))))
     hidden, classes = spec.head.head_filters, options.num_classes
-    append(new_layer(LayerCost, ("classifier_head", (1, 1, 1, hidden), project * hidden + hidden, 0,
-                                 project * hidden, 0, 0)))
-    append(new_layer(LayerCost, ("classifier", (1, 1, 1, classes), hidden * classes + classes, 0,
-                                 hidden * classes, 0, 0)))
+    # The classifier runs on each pooled vector: one per clip ('3d'), frame ('2d') or position ('none').
+    pooled = {"3d": (1, 1, 1), "2d": (t, 1, 1), "none": (t, h, w)}[options.average_pooling_type]
+    vectors = math.prod(pooled)
+    append(new_layer(LayerCost, ("classifier_head", (*pooled, hidden), project * hidden + hidden, 0,
+                                 vectors * project * hidden, 0, 0)))
+    append(new_layer(LayerCost, ("classifier", (*pooled, classes), hidden * classes + classes, 0,
+                                 vectors * hidden * classes, 0, 0)))
     return Cost(spec.name, (frames, height, width, 3), tuple(layers), options)
 
 

@@ -57,6 +57,17 @@ def test_macs_scale_with_clip_and_state_does_not():
     assert one.state_elements == 674_192          # reference inventory, a0 at 172
 
 
+def test_the_classifier_is_counted_once_per_pooled_vector():
+    """With average_pooling_type '2d' the classifier runs on each frame's pooled vector, with 'none'
+    on every position of the last feature map (172 px: 86, 43, 22, 11, 6 after five stride-2 stages)."""
+    classifier = 480 * 2048 + 2048 * 600
+    clip = movinet.cost("a0", "base", frames=8, resolution=172).macs
+    per_frame = movinet.cost("a0", "base", frames=8, resolution=172, average_pooling_type="2d").macs
+    per_position = movinet.cost("a0", "base", frames=8, resolution=172, average_pooling_type="none").macs
+    assert per_frame - clip == (8 - 1) * classifier
+    assert per_position - clip == (8 * 6 * 6 - 1) * classifier
+
+
 @pytest.mark.parametrize("conv_type", ["2plus1d", "3d_2plus1d", "3d"])
 @pytest.mark.parametrize("name", sorted(STREAM_PARAMS))
 def test_state_size_matches_state_shapes(name, conv_type):
