@@ -121,6 +121,19 @@ def check_resumed_space(folder: Path, space: SearchSpace) -> None:
                           f"{space.source} differs outside its search section")
 
 
+def check_output_folder(folder: Path, space: SearchSpace, resume: bool, *, kind: str, resumable: bool,
+                        held: str | None, continue_phrase: str = "continue that search") -> None:
+    """What ``folder`` holds against ``--resume``: with it, a ``kind`` to continue (``resumable``)
+    that searched the same space; without it, nothing finished (``held`` names what is there)."""
+    if resume and not resumable:
+        raise SearchError(f"--resume: {folder} holds no {kind} to continue; drop --resume to start one")
+    if held and not resume:
+        raise SearchError(f"{folder} already holds {held}: pass --resume to {continue_phrase}, or give another "
+                          "--output-dir")
+    if resume and held:
+        check_resumed_space(folder, space)
+
+
 def pareto_front(rows: Iterable[Mapping]) -> list[Mapping]:
     """Trials no other trial beats on both top-1 (higher) and multiply-adds (lower), by cost."""
     scored = sorted((r for r in rows if _number(r.get("top1")) and _number(r.get("macs"))),

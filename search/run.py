@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from search.candidate import check_feasible
 from search.outcome import SearchError, SearchResult
-from search.results import (FAILED, Ledger, check_resumed_space, row_candidate, row_result, summary_table,
+from search.results import (FAILED, Ledger, check_output_folder, row_candidate, row_result, summary_table,
                             write_results)
 from search.samplers import make_sampler
 from search.space import SearchSpace, dump_space, load_space, space_from_dict, space_to_dict
@@ -155,10 +155,5 @@ def holds_search(folder: Path) -> bool:
 
 
 def _check_folder(folder: Path, space: SearchSpace, rows: list[dict], resume: bool) -> None:
-    if resume and not holds_search(folder):
-        raise SearchError(f"--resume: {folder} holds no search to continue; drop --resume to start one")
-    if rows and not resume:
-        raise SearchError(f"{folder} already holds {len(rows)} finished trials: pass --resume to continue "
-                          "that search, or give another --output-dir")
-    if resume and rows:
-        check_resumed_space(folder, space)
+    check_output_folder(folder, space, resume, kind="search", resumable=holds_search(folder),
+                        held=f"{len(rows)} finished trials" if rows else None)

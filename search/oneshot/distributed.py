@@ -31,7 +31,7 @@ from ray import tune
 
 from search.candidate import Candidate
 from search.outcome import SearchError, SearchResult
-from search.results import Ledger, check_resumed_space, summary_table, write_results
+from search.results import Ledger, check_output_folder, summary_table, write_results
 from search.samplers import Sampler
 from search.space import SearchSpace, dump_space, load_space
 from search.oneshot.results import (RESULT_FILE, TABLES, finished_settings, found_candidate, write_setting,
@@ -171,13 +171,9 @@ def _check_folder(folder: Path, space: SearchSpace, resume: bool) -> set[str]:
     """The settings already finished in ``folder``; without ``resume`` there must be none."""
     done = finished_settings(folder)
     started = sorted(p.name for p in folder.glob("r*_f*_s*") if p.is_dir()) if folder.exists() else []
-    if resume and not started:
-        raise SearchError(f"--resume: {folder} holds no one-shot search to continue; drop --resume to start one")
-    if started and not resume:
-        raise SearchError(f"{folder} already holds a one-shot search ({', '.join(started)}): pass --resume to "
-                          "continue it, or give another --output-dir")
-    if resume and started:
-        check_resumed_space(folder, space)
+    check_output_folder(folder, space, resume, kind="one-shot search", resumable=bool(started),
+                        held=f"a one-shot search ({', '.join(started)})" if started else None,
+                        continue_phrase="continue it")
     return done
 
 
