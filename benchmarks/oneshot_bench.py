@@ -181,11 +181,9 @@ def step_times(space, run, largest) -> dict:
     from movinet.model import build_model
     from movinet.train import Trainer, make_optimizer
 
-    from search.oneshot.controller import Sample
-
     batch = run.train.batch(run.seed, 0, 0, 0, run.batch_size, 1)
     index = run.point_index(largest.params)
-    sample = Sample(index, {name: tf.constant(False) for name in index}, run.controller.active(index))
+    sample = run.controller.fixed(index)
     supernet_step = tf.function(lambda: run.train_weights(sample, batch), autograph=False)
 
     recipe = dataclasses.replace(run.settings.weights_recipe(space.budget), precision="float32")

@@ -94,6 +94,10 @@ class Controller(keras.layers.Layer):
             mixed.setdefault(param.name, tf.constant(False))
         return Sample(index, mixed, self.active(index))
 
+    def fixed(self, index: Mapping[str, tf.Tensor]) -> Sample:
+        """The architecture of ``index`` as a sample with no warm-up mixture."""
+        return Sample(dict(index), {name: tf.constant(False) for name in index}, self.active(index))
+
     def log_prob(self, index: Mapping[str, tf.Tensor], active: Mapping[str, tf.Tensor]):
         """log pi of a sample, counting only active decisions (a layer past its block's depth was
         not chosen, so its kernel and width are not either)."""

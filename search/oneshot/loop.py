@@ -259,7 +259,7 @@ class OneShotRun:
 
     @tf.function
     def _point_hits(self, clips, labels, index):
-        sample = Sample(index, {name: tf.constant(False) for name in index}, self.controller.active(index))
+        sample = self.controller.fixed(index)
         logits = self.supernet(clips, sample=sample)
         return batch_counts(labels, logits, logits.shape[-1])["top1"]
 

@@ -114,7 +114,7 @@ def test_in_graph_cost_equals_movinet_cost_of_the_materialized_spec(conv_type):
 def _gradients(space, index_values):
     import tensorflow as tf
 
-    from search.oneshot.controller import Controller, Sample
+    from search.oneshot.controller import Controller
     from search.oneshot.loop import options_by_se
     from search.oneshot.settings import input_settings
     from search.oneshot.supernet import Supernet
@@ -129,7 +129,7 @@ def _gradients(space, index_values):
 
     @tf.function
     def gradients(index):
-        sample = Sample(index, {k: tf.constant(False) for k in index}, controller.active(index))
+        sample = controller.fixed(index)
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(tf.square(supernet(clips, sample=sample)))
         return tape.gradient(loss, supernet.trainable_variables)
@@ -260,7 +260,7 @@ def test_a_sub_network_computes_what_the_standalone_network_of_its_spec_computes
     import tensorflow as tf
 
     from movinet.model import build_model
-    from search.oneshot.controller import Controller, Sample
+    from search.oneshot.controller import Controller
     from search.oneshot.loop import options_by_se
     from search.oneshot.settings import input_settings
     from search.oneshot.supernet import Supernet
@@ -276,7 +276,7 @@ def test_a_sub_network_computes_what_the_standalone_network_of_its_spec_computes
 
     @tf.function     # in a graph, as the search runs it (one trace: the indices are tensors)
     def run_supernet(index):
-        sample = Sample(index, {name: tf.constant(False) for name in index}, controller.active(index))
+        sample = controller.fixed(index)
         return supernet(clips, sample=sample)
 
     for values in EQUIVALENT_POINTS:
@@ -302,7 +302,6 @@ def test_the_weight_step_takes_the_recipes_l2_and_clipping_on_every_kernel():
     import keras
     import tensorflow as tf
 
-    from search.oneshot.controller import Sample
     from search.oneshot.loop import OneShotRun, load_clips
     from search.oneshot.settings import input_settings, oneshot_settings
     from movinet.data import DataConfig
@@ -318,7 +317,7 @@ def test_the_weight_step_takes_the_recipes_l2_and_clipping_on_every_kernel():
     train, val, _ = load_clips(config)
     run = OneShotRun(space, setting, oneshot_settings(space), tf.distribute.get_strategy(), train, val, seed=0)
     index = run.point_index({"b0.l0.kernel": "1x3x3"})
-    sample = Sample(index, {name: tf.constant(False) for name in index}, run.controller.active(index))
+    sample = run.controller.fixed(index)
     clips, labels = run.train.batch(0, 0, 0, 0, run.batch_size, 1)
     weights = run.supernet.trainable_variables
     kernels = [w for w in weights if w.path.endswith("kernel") and "classifier" not in w.path]
