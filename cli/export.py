@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     export.add_argument("--check", nargs="+", metavar="VIDEO",
                         help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model "
                              "and the per-frame latency of both")
+    export.add_argument("--states", choices=("inside", "outside"), default="inside",
+                        help="a TF Lite stream model's states: kept in the file (signatures start and call, "
+                             "image -> logits) or passed in and out by name (the official signature)")
     export.add_argument("--resolution", type=int,
                         help="square input size (TF Lite default: the published one; SavedModel: dynamic)")
     export.add_argument("--frames", type=int, help="clip length of a base model (TF Lite default: published)")
@@ -73,7 +76,7 @@ def run_export(args) -> int:
                              "see), and --calibration is for int8 only")
         calibration = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.calibration or ()]
         path = export.export_tflite(model, args.out, resolution=resolution, quantization=args.quantize,
-                                    calibration=calibration or None, frames=args.frames)
+                                    calibration=calibration or None, frames=args.frames, states=args.states)
         print(f"wrote {path}")
         if args.check:
             clips = [predict.read_video(v, resolution=resolution, fps=fps) for v in args.check]

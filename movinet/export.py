@@ -7,7 +7,9 @@ graphs, so it reloads with ``tf.saved_model.load`` where this package is not ins
 
 TF Lite models use builtin ops only: an op without a builtin kernel fails the conversion
 instead of shipping a Flex op, which the LiteRT runtime cannot run without the TF Select
-library. A stream model is exported for one frame of one video per call; int8 post-training
+library. A stream model is exported for one frame of one video per call, its states kept in
+the file (resource variables: signatures ``start`` and ``call``, image -> logits) or, with
+``states="outside"``, passed in and out by name as the official export does. int8 post-training
 quantization is calibrated on the inputs the model really sees while streaming (frames with
 their carried states), as the official ``quantize_movinet.py`` does. The pool states are
 running means, so they stay bounded over long videos and survive one scale per tensor. int8
@@ -27,10 +29,13 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.model import MovinetClassifier, fold_batch_norm
-from movinet.ops import unfused_hard_swish
+from movinet.ops import int8_graph
 from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
 QUANTIZATIONS = (None, "float16", "int8")
+# Where a stream TF Lite file keeps its states: "inside" (resource variables; signatures `start` and
+# `call`, image -> logits) or "outside" (the official signature: every state in and out by name).
+STATE_PLACEMENTS = ("inside", "outside")
 
 # TensorFlow's int8 calibration runs the model in tf.lite.Interpreter, whose constructor warns that
 # it is deprecated in favour of ai_edge_litert's: a warning about a call inside the converter,
@@ -134,13 +139,64 @@ def streaming_inputs(model, clips: Iterable) -> Iterator[dict[str, np.ndarray]]:
             runner.step(frame)
 
 
+def stateful_functions(model, height: int, width: int) -> tuple[dict, tf.Module]:
+    """The signatures of a stream model whose states live in variables, for a TF Lite file that keeps
+    them: ``start`` (the first frame of a video: states from zero) and ``call`` (each next frame),
+    both image [1, 1, H, W, 3] -> {logits}, and the module tracking weights and state variables.
+
+    A stream step then moves no state through its caller (the official signature passes every
+    state in and out by name each frame). A single model's frame counters always agree, so one
+    counter stands for all of them and the graph computes each frame's count once.
+    """
+    specs = state_specs(model, 1, height, width)
+    counters = [name for name in specs if name.endswith("_frame_count")] if isinstance(model, MovinetClassifier) else []
+    holder = _variables_holder(model)
+    holder.states = {name: tf.Variable(tf.zeros(spec.shape, spec.dtype), trainable=False, name=name)
+                     for name, spec in specs.items() if name not in counters}
+    if counters:
+        holder.frame_count = tf.Variable(tf.zeros([1], tf.int32), trainable=False, name="frame_count")
+
+    def step(image, first: bool):
+        states = {name: variable.read_value() for name, variable in holder.states.items()}
+        if counters:
+            states.update(dict.fromkeys(counters, holder.frame_count.read_value()))
+        if first:
+            # Zeros that depend on the variables: constant zeros would be folded into the file.
+            states = {name: value * tf.zeros([], value.dtype) for name, value in states.items()}
+        logits, new_states = model({**states, "image": image}, training=False)
+        for name, variable in holder.states.items():
+            variable.assign(new_states[name])
+        if counters:
+            holder.frame_count.assign(new_states[counters[0]])
+        return {"logits": logits}
+
+    def start(image):
+        return step(image, first=True)
+
+    def call(image):
+        return step(image, first=False)
+
+    image = image_spec(1, 1, height, width)
+    return {"start": tf.function(start).get_concrete_function(image),
+            "call": tf.function(call).get_concrete_function(image)}, holder
+
+
+def stateful_calibration(clips) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(signature, inputs) samples of a stateful TF Lite file streaming ``clips``: the converter
+    calibrates in one interpreter, whose variables carry the states from frame to frame."""
+    for clip in clips:
+        for index, frame in enumerate(np.asarray(clip, np.float32)):
+            yield ("start" if index == 0 else "call"), {"image": frame[None, None]}
+
+
 def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization: str | None = None,
-                  calibration: Iterable | None = None, frames: int | None = None) -> Path:
+                  calibration: Iterable | None = None, frames: int | None = None,
+                  states: str = "inside") -> Path:
     """Converts ``model`` to a TF Lite flatbuffer of builtin ops only.
 
-    A stream model takes one frame [1, 1, H, W, 3] and its states per call; a base model one
-    clip [1, frames, H, W, 3]. Inputs and outputs stay float32 (int32 for frame counters) in
-    every quantization mode, so a runner feeds states back unchanged.
+    A stream model takes one frame [1, 1, H, W, 3] per call; a base model one clip
+    [1, frames, H, W, 3]. Inputs and outputs stay float32 (int32 for frame counters) in every
+    quantization mode.
 
     Args:
       resolution: int (square) or (height, width).
@@ -149,12 +205,17 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
       calibration: float32 clips [T, H, W, 3] at ``resolution`` (int8 only). A stream model
         is calibrated on the frames and carried states it meets while streaming them.
       frames: the clip length of a base model (default: its published input, ``video_input``).
+      states: a stream model's: "inside" keeps them in the file (signatures ``start``, the first
+        frame of a video, and ``call``, each next one: image -> logits; int8 stores them in int8),
+        "outside" takes and returns every state by name (``call``, the official signature).
     Raises:
-      ExportError: an unknown quantization, int8 without calibration clips, or a model that
-        needs ops outside the TF Lite builtins.
+      ExportError: an unknown quantization or state placement, int8 without calibration clips,
+        or a model that needs ops outside the TF Lite builtins.
     """
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization={quantization!r}: expected one of {list(QUANTIZATIONS)}")
+    if states not in STATE_PLACEMENTS:
+        raise ExportError(f"states={states!r}: expected one of {list(STATE_PLACEMENTS)}")
     height, width = height_width(resolution)
     if height is None:
         raise ExportError("TF Lite export needs a fixed resolution")
@@ -166,7 +227,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         if model.video_input is None:
             raise ExportError(f"{model.name} has no published clip length; pass frames=")
         frames = model.video_input.frames
-    signature = "call" if model.mode == "stream" else "serving_default"
+    inside = model.mode == "stream" and states == "inside"
     converted = model
     # Not an ensemble: a temporal one's members sit in IF branches, where the converter gives folded
     # constants nonzero int8 zero points that TF Lite's CONV_2D refuses.
@@ -175,17 +236,25 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
         # float), its 1/6 in the next layer's weights where the folded copy moves it. Float keeps the
         # converter's HARD_SWISH, one XNNPACK op where the folded copy's would be two.
         converted = fold_batch_norm(model)
-    with unfused_hard_swish() if quantization == "int8" else contextlib.nullcontext():
-        function = serving_functions(converted, batch=1, frames=frames, resolution=(height, width))[signature]
+    with int8_graph() if quantization == "int8" else contextlib.nullcontext():
+        if inside:
+            functions, trackable = stateful_functions(converted, height, width)
+        else:
+            signature = "call" if model.mode == "stream" else "serving_default"
+            functions = {signature: serving_functions(converted, batch=1, frames=frames,
+                                                      resolution=(height, width))[signature]}
+            trackable = _variables_holder(converted)
     dataset = None
     if quantization == "int8":
         clips = list(calibration)
-        if model.mode == "stream":
+        if inside:
+            dataset = lambda: stateful_calibration(clips)  # noqa: E731
+        elif model.mode == "stream":
             dataset = lambda: streaming_inputs(model, clips)  # noqa: E731
         else:
             dataset = lambda: ({"image": np.asarray(c, np.float32)[None]} for c in clips)  # noqa: E731
     try:
-        flatbuffer = convert(function, _variables_holder(converted), quantization, dataset)
+        flatbuffer = convert(list(functions.values()), trackable, quantization, dataset)
     except ExportError as err:
         raise ExportError(f"{model.name} ({model.mode}, quantization={quantization}): {err}") from None
     path = Path(path)
@@ -194,14 +263,18 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     return path
 
 
-def convert(function, trackable, quantization: str | None = None, representative_dataset=None) -> bytes:
-    """A TF Lite flatbuffer of ``function`` (a concrete function) in builtin ops only.
+def convert(functions, trackable, quantization: str | None = None, representative_dataset=None) -> bytes:
+    """A TF Lite flatbuffer of ``functions`` (concrete functions, one signature each, named after
+    them) in builtin ops only. Variables the functions assign stay variables of the file; int8
+    stores them in int8.
 
     Raises:
       ExportError: naming the ops that would need TF Select (Flex), or the converter's error.
     """
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
+    functions = [functions] if isinstance(functions, tf.types.experimental.ConcreteFunction) else list(functions)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, trackable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.experimental_enable_resource_variables = True
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -209,6 +282,7 @@ def convert(function, trackable, quantization: str | None = None, representative
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter._experimental_variable_quantization = True  # noqa: SLF001 (the converter's only switch for it)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=CONVERTER_OWN_WARNING, category=UserWarning)

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from movinet.folding import batch_norm_affine, check_not_training, folded_constants
 from movinet.ops import (HARD_SIGMOID_SCALE, activation_fn, batch_norm_hard_swish, batch_to_frames, depthwise_conv2d,
-                         dims, frames_to_batch, temporal_padding, worth_fusing)
+                         dims, frames_to_batch, running_mean_weight, temporal_padding,
+                         worth_fusing)
 
 def frame_counts(states, name, dtype):
     """The frame counter ``name`` (int32 [1]) as a float scalar of ``dtype``, and the raw count."""
@@ -407,12 +408,18 @@ def cumulative_mean(per_frame, states, prefix, causal):
     per_frame = tf.cast(per_frame, tf.float32)        # frame counts overflow float16 precision
     seen, count = frame_counts(states, count_name, tf.float32)
     previous = states.get(buffer_name)
-    previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
     frames = dims(per_frame)[1]
+    if isinstance(frames, int) and frames == 1:
+        # A stream step moves the mean towards the new frame by the frame's weight: no tensor grows
+        # with the stream (a running sum would outgrow the int8 range calibration gives it).
+        weight = running_mean_weight(count[0])
+        previous = 0.0 if previous is None else tf.cast(previous, tf.float32)
+        means = previous + (per_frame - previous) * weight
+        return tf.cast(means, dtype), {buffer_name: tf.cast(means, dtype), count_name: count + frames}
+    previous_sum = 0.0 if previous is None else tf.cast(previous, tf.float32) * seen
     if causal:
         sums = tf.cumsum(per_frame, axis=1) + previous_sum
         totals = seen + tf.cast(tf.range(1, frames + 1), tf.float32)
-        # Times the counts' reciprocals: XNNPACK runs MUL on int8 tensors, not DIV.
         means = sums * tf.reshape(1.0 / totals, [1, -1, 1, 1, 1])
         last = means[:, -1:]
     else:

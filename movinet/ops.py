@@ -23,7 +23,7 @@ HARD_SIGMOID_SCALE = 0.16667   # the official hard_sigmoid constant (not exactly
 
 
 def hard_swish(x):
-    if _UNFUSED_HARD_SWISH.get():
+    if _INT8_GRAPH.get():
         # Not the pattern TF Lite's converter fuses into HARD_SWISH, which XNNPACK runs in float
         # only: in an int8 graph each one fell back to the interpreter's own kernel.
         return (x * (1.0 / 6.0)) * tf.nn.relu6(x + 3.0)
@@ -141,7 +141,7 @@ def activation_fn(name: str):
 
 
 _DEPTHWISE_AS_TAPS = contextvars.ContextVar("depthwise_as_taps", default=False)
-_UNFUSED_HARD_SWISH = contextvars.ContextVar("unfused_hard_swish", default=False)
+_INT8_GRAPH = contextvars.ContextVar("int8_graph", default=False)
 
 
 @contextlib.contextmanager
@@ -153,10 +153,29 @@ def _switched_on(switch: contextvars.ContextVar):
         switch.reset(token)
 
 
-def unfused_hard_swish():
-    """Within it, functions traced compute hard_swish as (x / 6) * relu6(x + 3): an ADD with a fused
-    relu6 and two MULs in TF Lite, which XNNPACK runs on int8 tensors too (for int8 export)."""
-    return _switched_on(_UNFUSED_HARD_SWISH)
+def int8_graph():
+    """Within it, functions traced compute what int8 quantization keeps fast and bounded (for int8 export):
+
+    - hard_swish as (x / 6) * relu6(x + 3): an ADD with a fused relu6 and two MULs in TF Lite, which
+      XNNPACK runs on int8 tensors too (it runs the fused HARD_SWISH in float only);
+    - a running mean's weight 1 / (frames seen + 1) looked up from an int32 frame count
+      (``running_mean_weight``), so no tensor holds a count whose int8 range calibration would fix.
+    """
+    return _switched_on(_INT8_GRAPH)
+
+
+# int8 graphs: past this many frames a running mean weighs each new frame 1 / RUNNING_MEAN_FRAMES (an
+# average over about that many recent frames); smaller weights would round to 0 at int8 precision.
+RUNNING_MEAN_FRAMES = 256
+
+
+def running_mean_weight(count):
+    """1 / (count + 1) as float32, for an int32 frame count (a scalar): the weight a running mean
+    gives its next frame. In ``int8_graph`` a table lookup (see there)."""
+    if _INT8_GRAPH.get():
+        table = 1.0 / np.arange(1, RUNNING_MEAN_FRAMES + 1, dtype=np.float32)
+        return tf.gather(tf.constant(table), tf.minimum(count, RUNNING_MEAN_FRAMES - 1))
+    return 1.0 / (tf.cast(count, tf.float32) + 1.0)
 
 
 def depthwise_as_taps():

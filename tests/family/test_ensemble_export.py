@@ -24,14 +24,20 @@ def ensemble(kind: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["resolution", "temporal"])
-def test_stream_ensemble_tflite_gives_its_keras_logits_frame_by_frame(tmp_path, kind):
+@pytest.mark.parametrize("kind, states", [("resolution", "inside"), ("temporal", "inside"), ("temporal", "outside")])
+def test_stream_ensemble_tflite_gives_its_keras_logits_frame_by_frame(tmp_path, kind, states):
     model = ensemble(kind)
-    runner = runners.TFLiteStreamRunner(export.export_tflite(model, tmp_path / "e.tflite", resolution=RESOLUTION))
-    assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
+    runner = runners.TFLiteStreamRunner(export.export_tflite(model, tmp_path / "e.tflite", resolution=RESOLUTION,
+                                                             states=states))
+    if states == "inside":
+        assert runner.keeps_states and set(runner.inputs) == {"image"}
+    else:
+        assert set(runner.state_names) == set(model.state_shapes((1, 1, RESOLUTION, RESOLUTION, 3)))
     clip = clips(1, frames=7)[0]
     expected = keras_frame_logits(model, clip)
-    got = np.stack([logits for _, logits in runners.running_logits(runner, clip)])
+    runs = [np.stack([logits for _, logits in runners.running_logits(runner, clip)]) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])     # the second run starts from zero states too
+    got = runs[0]
     print(f"\n{kind} stream ensemble, TF Lite float32 vs Keras per frame: max |diff| {np.abs(got - expected).max():.2e}")
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)

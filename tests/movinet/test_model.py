@@ -178,12 +178,12 @@ def test_pool_buffers_hold_the_mean_of_the_frames_seen():
 
 
 def test_a_long_stream_keeps_its_pool_buffer_at_the_mean():
-    """500 frames in chunks of 50 and 7: the buffer is the mean of every frame so far, a running sum
-    would reach 500 times it."""
+    """500 frames in chunks of 50, 7 and 1 (a stream step): the buffer is the mean of every frame so
+    far, a running sum would reach 500 times it."""
     per_frame = np.random.default_rng(4).normal(1.0, 0.5, (1, 500, 1, 1, 3)).astype(np.float32)
     states, seen = {}, 0
     while seen < 500:
-        frames = 50 if seen % 100 == 0 else 7
+        frames = 50 if seen % 100 == 0 else 1 if seen % 3 else 7
         chunk = per_frame[:, seen:seen + frames]
         means, states = cumulative_mean(tf.constant(chunk), states, "state_head", causal=True)
         expected = np.cumsum(per_frame[:, :seen + chunk.shape[1]], axis=1, dtype=np.float64)
@@ -192,6 +192,26 @@ def test_a_long_stream_keeps_its_pool_buffer_at_the_mean():
         seen += chunk.shape[1]
         np.testing.assert_allclose(states["state_head_pool_buffer"].numpy(), expected[:, -1:], rtol=1e-5)
         assert int(states["state_head_pool_frame_count"][0]) == seen
+
+
+def test_an_int8_graph_weighs_frames_past_its_table_as_a_moving_average():
+    """In ``int8_graph`` a stream step's weight comes from a table of 1 / (count + 1): exact for the
+    first RUNNING_MEAN_FRAMES frames, then 1 / RUNNING_MEAN_FRAMES (no count of an int8 range)."""
+    from movinet.ops import RUNNING_MEAN_FRAMES, int8_graph
+
+    total = RUNNING_MEAN_FRAMES + 100
+    per_frame = np.random.default_rng(5).normal(1.0, 0.5, (1, total, 1, 1, 3)).astype(np.float32)
+    expected, mean = [], np.zeros((1, 1, 1, 1, 3))
+    for index in range(total):
+        mean = mean + (per_frame[:, index:index + 1] - mean) / min(index + 1, RUNNING_MEAN_FRAMES)
+        expected.append(mean)
+    states = {}
+    with int8_graph():
+        step = tf.function(lambda frame, states: cumulative_mean(frame, states, "state_head", causal=True))
+        for index in range(total):
+            means, states = step(tf.constant(per_frame[:, index:index + 1]), states)
+            np.testing.assert_allclose(means.numpy(), expected[index], rtol=1e-5, err_msg=f"frame {index}")
+    assert int(states["state_head_pool_frame_count"][0]) == total
 
 
 @pytest.mark.parametrize("options", [
