@@ -8,7 +8,7 @@ graphs, so it reloads with ``tf.saved_model.load`` where this package is not ins
 TF Lite models use builtin ops only: an op without a builtin kernel fails the conversion
 instead of shipping a Flex op, which the LiteRT runtime cannot run without the TF Select
 library. A stream model is exported for one frame of one video per call, its states kept in
-the file (resource variables: signatures ``start`` and ``call``, image -> logits) or, with
+the file (resource variables: signatures ``init_states`` and ``call``, image -> logits) or, with
 ``states="outside"``, passed in and out by name as the official export does. int8 post-training
 quantization is calibrated on the inputs the model really sees while streaming (frames with
 their carried states), as the official ``quantize_movinet.py`` does. The pool states are
@@ -33,9 +33,10 @@ from movinet.ops import int8_graph
 from movinet.runners import ExportError, KerasStreamRunner, clip_logits, height_width
 
 QUANTIZATIONS = (None, "float16", "int8")
-# Where a stream TF Lite file keeps its states: "inside" (resource variables; signatures `start` and
-# `call`, image -> logits) or "outside" (the official signature: every state in and out by name).
+# Where a stream TF Lite file keeps its states: "inside" (resource variables; signatures `init_states`
+# and `call`, image -> logits) or "outside" (the official signature: every state in and out by name).
 STATE_PLACEMENTS = ("inside", "outside")
+FRAME_COUNT = "frame_count"       # the one counter of a file that keeps a single model's states
 
 # TensorFlow's int8 calibration runs the model in tf.lite.Interpreter, whose constructor warns that
 # it is deprecated in favour of ai_edge_litert's: a warning about a call inside the converter,
@@ -141,8 +142,12 @@ def streaming_inputs(model, clips: Iterable) -> Iterator[dict[str, np.ndarray]]:
 
 def stateful_functions(model, height: int, width: int) -> tuple[dict, tf.Module]:
     """The signatures of a stream model whose states live in variables, for a TF Lite file that keeps
-    them: ``start`` (the first frame of a video: states from zero) and ``call`` (each next frame),
-    both image [1, 1, H, W, 3] -> {logits}, and the module tracking weights and state variables.
+    them, and the module tracking weights and state variables:
+
+    - ``init_states``: input_shape (int32 [5], the video's [1, T, H, W, 3], as the official
+      signature of that name takes it) -> {frame_count: [0]}; sets every state to zero, the start
+      of a video;
+    - ``call``: image [1, 1, H, W, 3] -> {logits}; one frame, the states carried inside.
 
     A stream step then moves no state through its caller (the official signature passes every
     state in and out by name each frame). A single model's frame counters always agree, so one
@@ -154,39 +159,38 @@ def stateful_functions(model, height: int, width: int) -> tuple[dict, tf.Module]
     holder.states = {name: tf.Variable(tf.zeros(spec.shape, spec.dtype), trainable=False, name=name)
                      for name, spec in specs.items() if name not in counters}
     if counters:
-        holder.frame_count = tf.Variable(tf.zeros([1], tf.int32), trainable=False, name="frame_count")
-
-    def step(image, first: bool):
-        states = {name: variable.read_value() for name, variable in holder.states.items()}
-        if counters:
-            states.update(dict.fromkeys(counters, holder.frame_count.read_value()))
-        if first:
-            # Zeros that depend on the variables: constant zeros would be folded into the file.
-            states = {name: value * tf.zeros([], value.dtype) for name, value in states.items()}
-        logits, new_states = model({**states, "image": image}, training=False)
-        for name, variable in holder.states.items():
-            variable.assign(new_states[name])
-        if counters:
-            holder.frame_count.assign(new_states[counters[0]])
-        return {"logits": logits}
-
-    def start(image):
-        return step(image, first=True)
+        holder.states[FRAME_COUNT] = tf.Variable(tf.zeros([1], tf.int32), trainable=False, name=FRAME_COUNT)
 
     def call(image):
-        return step(image, first=False)
+        states = {name: variable.read_value() for name, variable in holder.states.items()}
+        if counters:
+            states.update(dict.fromkeys(counters, states.pop(FRAME_COUNT)))
+        logits, new_states = model({**states, "image": image}, training=False)
+        if counters:
+            new_states[FRAME_COUNT] = new_states[counters[0]]
+        for name, variable in holder.states.items():
+            variable.assign(new_states[name])
+        return {"logits": logits}
 
-    image = image_spec(1, 1, height, width)
-    return {"start": tf.function(start).get_concrete_function(image),
-            "call": tf.function(call).get_concrete_function(image)}, holder
+    def init_states(input_shape):
+        del input_shape    # one size per file; the input mirrors the official signature
+        for variable in holder.states.values():
+            # Zeros that depend on the variables: constant zeros would be stored in the file again.
+            variable.assign(variable.read_value() * tf.zeros([], variable.dtype))
+        return {FRAME_COUNT: tf.zeros([1], tf.int32)}
+
+    return {"call": tf.function(call).get_concrete_function(image_spec(1, 1, height, width)),
+            "init_states": tf.function(init_states).get_concrete_function(
+                tf.TensorSpec([5], tf.int32, name="input_shape"))}, holder
 
 
-def stateful_calibration(clips) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """(signature, inputs) samples of a stateful TF Lite file streaming ``clips``: the converter
-    calibrates in one interpreter, whose variables carry the states from frame to frame."""
+def stateful_calibration(clips, height: int, width: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(signature, inputs) samples of a TF Lite file keeping its states, streaming ``clips``: the
+    converter calibrates in one interpreter, whose variables carry the states from frame to frame."""
     for clip in clips:
-        for index, frame in enumerate(np.asarray(clip, np.float32)):
-            yield ("start" if index == 0 else "call"), {"image": frame[None, None]}
+        yield "init_states", {"input_shape": np.array([1, 1, height, width, 3], np.int32)}
+        for frame in np.asarray(clip, np.float32):
+            yield "call", {"image": frame[None, None]}
 
 
 def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization: str | None = None,
@@ -205,9 +209,10 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
       calibration: float32 clips [T, H, W, 3] at ``resolution`` (int8 only). A stream model
         is calibrated on the frames and carried states it meets while streaming them.
       frames: the clip length of a base model (default: its published input, ``video_input``).
-      states: a stream model's: "inside" keeps them in the file (signatures ``start``, the first
-        frame of a video, and ``call``, each next one: image -> logits; int8 stores them in int8),
-        "outside" takes and returns every state by name (``call``, the official signature).
+      states: a stream model's: "inside" keeps them in the file (signatures ``init_states``, the
+        start of a video, and ``call``, image -> logits; int8 stores them in int8; see
+        ``stateful_functions``), "outside" takes and returns every state by name (``call``, the
+        official signature).
     Raises:
       ExportError: an unknown quantization or state placement, int8 without calibration clips,
         or a model that needs ops outside the TF Lite builtins.
@@ -248,7 +253,7 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     if quantization == "int8":
         clips = list(calibration)
         if inside:
-            dataset = lambda: stateful_calibration(clips)  # noqa: E731
+            dataset = lambda: stateful_calibration(clips, height, width)  # noqa: E731
         elif model.mode == "stream":
             dataset = lambda: streaming_inputs(model, clips)  # noqa: E731
         else:

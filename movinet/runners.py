@@ -129,9 +129,9 @@ class TFLiteStreamRunner:
     """Runs an exported TF Lite MoViNet, addressing every tensor by signature name.
 
     A stream model carries its states between ``step`` calls; ``init_states`` starts a new
-    video. A file that keeps its states (``export_tflite(states="inside")``) runs its ``start``
-    signature on a video's first frame and ``call`` on the next ones; a file of the official
-    signature gets its states passed in and out by name. A base model (no states) classifies one
+    video. A file that keeps its states (``export_tflite(states="inside")``) zeroes them with its
+    ``init_states`` signature and runs ``call`` on each frame; a file of the official signature
+    gets its states passed in and out by name. A base model (no states) classifies one
     fixed-length clip per ``step``. Inputs and outputs are float32 (int32 frame counters), as
     ``export_tflite`` writes them in every quantization mode.
     """
@@ -143,9 +143,9 @@ class TFLiteStreamRunner:
         try:
             interpreter = _interpreter(self.path, num_threads)
             signatures = interpreter.get_signature_list()
-            self.keeps_states = {"start", "call"} <= set(signatures)
+            self.keeps_states = {"init_states", "call"} <= set(signatures)
             self.runner = interpreter.get_signature_runner("call" if self.keeps_states else None)
-            self.start_runner = interpreter.get_signature_runner("start") if self.keeps_states else None
+            self.zero_states = interpreter.get_signature_runner("init_states") if self.keeps_states else None
         except (ValueError, RuntimeError) as err:
             raise ExportError(f"{self.path}: not a runnable TF Lite model ({err})") from None
         self.inputs = self.runner.get_input_details()
@@ -176,8 +176,9 @@ class TFLiteStreamRunner:
 
     def init_states(self) -> dict[str, np.ndarray]:
         """Zero states (the start of a video), also made the runner's current states; a file that
-        keeps its states has none to show (its next step runs ``start``)."""
-        self.first = True
+        keeps its states zeroes them inside and has none to show."""
+        if self.keeps_states:
+            self.zero_states(input_shape=np.array(self.image_shape, np.int32))
         self.states = {name: np.zeros(self.inputs[name]["shape"], self.inputs[name]["dtype"])
                        for name in self.state_names}
         return self.states
@@ -186,8 +187,7 @@ class TFLiteStreamRunner:
         """Logits [classes] after ``frame`` ([H, W, 3]; for a base model the whole clip)."""
         image = np.asarray(frame, np.float32).reshape(self.image_shape)
         if self.keeps_states:
-            runner, self.first = (self.start_runner if self.first else self.runner), False
-            return runner(image=image)["logits"].reshape(-1)
+            return self.runner(image=image)["logits"].reshape(-1)
         outputs = self.runner(image=image, **self.states)
         self.states = {name: outputs[name] for name in self.state_names}
         return outputs["logits"].reshape(-1)
