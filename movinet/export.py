@@ -238,9 +238,10 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
     # constants nonzero int8 zero points that TF Lite's CONV_2D refuses.
     if quantization == "int8" and isinstance(model, MovinetClassifier):
         # hard_swish in ops XNNPACK runs on int8 tensors (off XNNPACK the int8 graph ran slower than
-        # float), its 1/6 in the next layer's weights where the folded copy moves it. Float keeps the
-        # converter's HARD_SWISH, one XNNPACK op where the folded copy's would be two.
-        converted = fold_batch_norm(model)
+        # float), its 1/6 in the next layer's weights, which saves an int8 MUL per activation (states
+        # kept inside may hold scaled values). Float keeps the converter's HARD_SWISH, one XNNPACK op
+        # where the folded copy's would be two.
+        converted = fold_batch_norm(model, scale_states=inside)
     with int8_graph() if quantization == "int8" else contextlib.nullcontext():
         if inside:
             functions, trackable = stateful_functions(converted, height, width)

@@ -350,19 +350,37 @@ class FeatureConv(keras.layers.Layer):
         check_not_training(self, training)
         return self.act(tf.nn.bias_add(y, tf.cast(self.folded[1], y.dtype)))
 
-    def fold(self, input_scale: float = 1.0) -> None:
+    def drop_output_factor(self) -> float:
+        """Leaves out hard_swish's 1/6 from the activation after the last conv, for the layers after
+        it to take over (see ``ConvNorm.drop_output_factor``); returns it (1 for other activations)."""
+        if self.separable and self.kernel_t == 1:
+            return self.spatial.drop_output_factor()
+        if self.activation != "hard_swish":
+            return 1.0
+        self.act = lambda x, training=None: x * tf.nn.relu6(x + 3.0)
+        return 1.0 / 6.0
+
+    def fold(self, input_scale: float = 1.0, scale_states: bool = False) -> None:
         """Folds each BN into the depthwise kernel before it (inference only); ``input_scale``
-        is a factor of the input to take over (separable only: a '3d' buffer holds the input)."""
+        is a factor of the input to take over.
+
+        A '3d' buffer holds the input, a separable one the spatial conv's output: a factor of
+        what a buffer holds moves only with ``scale_states`` (the buffer then holds scaled values).
+        """
         if self.separable:
+            temporal_scale = 1.0
+            if self.kernel_t > 1 and scale_states:
+                temporal_scale = self.spatial.drop_output_factor()
             self.spatial.fold(input_scale=input_scale)
             if self.kernel_t > 1:
                 scale, offset = batch_norm_affine(self.bn_temporal)
-                self.folded = folded_constants(self.temporal_kernel.numpy(), scale, offset, channel_axis=-2)
+                self.folded = folded_constants(self.temporal_kernel.numpy() * temporal_scale, scale, offset,
+                                               channel_axis=-2)
         else:
-            if input_scale != 1.0:
+            if input_scale != 1.0 and self.causal and not scale_states:
                 raise ValueError(f"{self.name}: the stream buffer holds the input; its scale cannot change")
             scale, offset = batch_norm_affine(self.bn)
-            self.folded = folded_constants(self.kernel.numpy(), scale, offset)
+            self.folded = folded_constants(self.kernel.numpy() * input_scale, scale, offset)
 
 
 class PositionalEncoding(keras.layers.Layer):
@@ -554,27 +572,37 @@ class Bottleneck(keras.layers.Layer):
             skip = self.skip(skip, training=training)
         return x + skip, new_states
 
-    def fold(self) -> None:
+    def fold(self, input_scale: float = 1.0, scale_states: bool = False) -> None:
         """Folds every BN, and the ReZero scale, into the convolutions (inference only).
 
-        Constant factors of activations move into the linear layer after them where no state
-        holds the activation: the expansion's hard_swish 1/6 into a separable spatial conv, the SE
-        reduction's into the SE expansion, the hard_sigmoid gate's +3 into the SE expansion's bias
-        and its scale into the projection. Each saves an element-wise op per frame.
+        Constant factors of activations move into the linear layer after them: the expansion's
+        hard_swish 1/6 into the depthwise conv, the depthwise conv's into the SE reduction and the
+        projection, the SE reduction's into the SE expansion, the hard_sigmoid gate's +3 into the SE
+        expansion's bias and its scale into the projection; ``input_scale`` is a factor of the
+        input (the expansion and skip projection take it over). Each saves an element-wise op per
+        frame. A factor of what a stream state holds (a buffer, a pool) moves only with
+        ``scale_states``: the states then hold scaled values, right for this folded copy only.
         """
-        spatial_scale = self.expansion.drop_output_factor() if self.feature.separable else 1.0
-        self.expansion.fold()
-        self.feature.fold(input_scale=spatial_scale)
+        if input_scale != 1.0 and self.skip is None:
+            raise ValueError(f"{self.name}: an identity skip adds the input as it is; its scale cannot change")
+        buffer_scaled = self.feature.separable or scale_states or not self.feature.causal
+        spatial_scale = self.expansion.drop_output_factor() if buffer_scaled else 1.0
+        self.expansion.fold(input_scale=input_scale)
+        self.feature.fold(input_scale=spatial_scale, scale_states=scale_states)
+        # The SE pool state (a running mean) holds the feature output; positional encoding is added
+        # to the pooled features unscaled.
+        pooled_scaled = self.se is None or (scale_states and self.se.pos_encoding is None)
+        feature_scale = self.feature.drop_output_factor() if pooled_scaled else 1.0
         gate_scale = 1.0
         if self.se is not None:
             expand_scale = self.se.reduce.drop_output_factor()
-            self.se.reduce.fold()
+            self.se.reduce.fold(input_scale=feature_scale)
             shift = self.se.expand.fold_shift()
             gate_scale = self.se.expand.drop_output_factor()
             self.se.expand.fold(input_scale=expand_scale, shift=shift)
-        self.projection.fold(extra_scale=float(self.rezero.numpy()), input_scale=gate_scale)
+        self.projection.fold(extra_scale=float(self.rezero.numpy()), input_scale=gate_scale * feature_scale)
         if self.skip is not None:
-            self.skip.fold()
+            self.skip.fold(input_scale=input_scale)
         self.folded = True
 
 
@@ -595,8 +623,14 @@ class Head(keras.layers.Layer):
     def build(self, input_shape):
         self.project.build(input_shape)
 
-    def fold(self) -> None:
+    def fold(self, scale_states: bool = False) -> float:
+        """Folds the projection's BN; returns the factor of its activation left for the classifier
+        to take over (hard_swish's 1/6; 1 where the pool state holds the output and not
+        ``scale_states``)."""
+        stateful = self.causal and self.pooling not in ("none", "2d")
+        scale = self.project.drop_output_factor() if scale_states or not stateful else 1.0
         self.project.fold()
+        return scale
 
     def call(self, x, states, training=None):
         x = self.project(x, training=training)
@@ -638,6 +672,9 @@ class Classifier(keras.layers.Layer):
         x = tf.reduce_mean(x, axis=[1, 2, 3]) if x.shape.rank == 5 else x
         return tf.cast(x, tf.float32)
 
-    def fold(self) -> None:
-        self.head.fold()
-        self.classifier.fold()
+    def fold(self, input_scale: float = 1.0) -> None:
+        """Folds; ``input_scale`` is a factor of the input, the hidden activation's 1/6 moves into
+        the classifier."""
+        hidden_scale = self.head.drop_output_factor()
+        self.head.fold(input_scale=input_scale)
+        self.classifier.fold(input_scale=hidden_scale)

@@ -202,22 +202,34 @@ class MovinetClassifier(keras.Model):
         return cls(spec=config.pop("spec"), options=config.pop("options"), **config)
 
 
-def fold_batch_norm(model):
+def fold_batch_norm(model, scale_states: bool = False):
     """An inference-only copy of ``model`` with every BN and ReZero scale folded into its convolution.
 
-    The outputs and states are those of ``model`` (up to float rounding) with no BN or ReZero
-    ops (A0 stream: 1,876 graph ops per step instead of 2,730); the copy refuses to train
-    (FoldedError). TF Lite conversion folds the same way on its own. A model made of
+    The outputs are those of ``model`` (up to float rounding) with no BN or ReZero ops (A0
+    stream: 1,876 graph ops per step instead of 2,730), and constant factors of activations
+    (hard_swish's 1/6, hard_sigmoid's) moved into the linear layers after them; the copy refuses
+    to train (FoldedError). TF Lite conversion folds BN the same way on its own. A model made of
     MovinetClassifiers (an ensemble of ``family.ensemble``) folds its members with its own
     ``fold_batch_norm()``.
+
+    Args:
+      scale_states: also move the factors of activations that a stream state holds (stream
+        buffers, pools): the copy's states then hold scaled values, which only the copy itself
+        reads right. For an export that keeps its states inside (int8 TF Lite); without it the
+        states are those of ``model``.
     """
     if not isinstance(model, MovinetClassifier):
         return model.fold_batch_norm()
     folded = MovinetClassifier.from_config(model.get_config())
     folded.build()
     folded.set_weights(model.get_weights())
-    for layer in (folded.stem, *folded.blocks, folded.head, folded.classifier):
-        layer.fold()
+    first = folded.blocks[0]
+    # The stem's output feeds only the first layer's expansion and skip projection (no state).
+    stem_scale = folded.stem.drop_output_factor() if first.skip is not None else 1.0
+    folded.stem.fold()
+    for index, layer in enumerate(folded.blocks):
+        layer.fold(input_scale=stem_scale if index == 0 else 1.0, scale_states=scale_states)
+    folded.classifier.fold(input_scale=folded.head.fold(scale_states))
     return folded
 
 

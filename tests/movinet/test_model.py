@@ -365,6 +365,38 @@ def test_folded_batch_norm_gives_the_same_outputs_and_states(mode, options):
         folded(clip, training=True)
 
 
+def sixth_multiplies(model, clip) -> int:
+    """Multiplications by hard_swish's 1/6 in one stream step of ``model`` (its traced graph)."""
+    states = model.init_states(list(clip.shape))
+    graph = tf.function(lambda: model({**states, "image": tf.constant(clip)})).get_concrete_function().graph
+    constants = {op.outputs[0].name: op.get_attr("value") for op in graph.get_operations() if op.type == "Const"}
+    sixths = 0
+    for op in graph.get_operations():
+        if op.type == "Mul":
+            values = [tf.make_ndarray(constants[x.name]) for x in op.inputs if x.name in constants]
+            sixths += any(v.size == 1 and abs(float(v) - 1 / 6) < 1e-6 for v in values)
+    return sixths
+
+
+@pytest.mark.parametrize("options", [{}, dict(conv_type="3d"), dict(se_type="3d", use_positional_encoding=True)])
+def test_folding_with_scaled_states_moves_every_hard_swish_sixth_and_keeps_the_logits(options):
+    """``scale_states`` lets the factors that stream states hold move too: no 1/6 multiply is left
+    where no positional encoding is added after a pool (A0 stream: 58 unfolded, 27 folded without
+    it), the
+    logits stay those of the model, and the states differ from the model's (they hold scaled values)."""
+    model = randomize_weights(movinet.build_model("a0", "stream", num_classes=5, **options), seed=21)
+    clip = np.random.default_rng(22).random((1, 1, 40, 40, 3), dtype=np.float32)
+    plain, scaled = movinet.fold_batch_norm(model), movinet.fold_batch_norm(model, scale_states=True)
+    assert sixth_multiplies(plain, clip) > 0
+    left = sixth_multiplies(scaled, clip)
+    assert left == 0 if "use_positional_encoding" not in options else 0 < left < sixth_multiplies(plain, clip)
+    frames = np.random.default_rng(23).random((1, 5, 40, 40, 3), dtype=np.float32)
+    logits, states = stream_chunks(model, frames, 5)                  # frame by frame
+    scaled_logits, scaled_states = stream_chunks(scaled, frames, 5)
+    np.testing.assert_allclose(scaled_logits, logits, atol=1e-5)
+    assert any(not np.allclose(scaled_states[name].numpy(), value.numpy(), atol=1e-3) for name, value in states.items())
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5, 7), (4, 6, 6, 7)])
 def test_fused_batch_norm_trains_like_the_keras_layer(shape):
     """Same outputs, gradients and moving statistics as keras BatchNormalization (biased variance)."""
