@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from movinet.folding import batch_norm_affine, check_not_training, folded_constants
-from movinet.ops import (HARD_SIGMOID_SCALE, activation_fn, batch_norm_hard_swish, batch_to_frames, depthwise_conv2d,
-                         dims, frames_to_batch, running_mean_weight, temporal_padding,
+from movinet.ops import (HARD_SIGMOID_SCALE, activation_fn, average_pool, batch_norm_hard_swish, batch_to_frames,
+                         depthwise_conv2d, dims, frames_to_batch, running_mean_weight, temporal_padding,
                          worth_fusing)
 
 def frame_counts(states, name, dtype):
@@ -567,7 +567,7 @@ class Bottleneck(keras.layers.Layer):
         skip = inputs
         if self.skip is not None:
             if self.downsample:
-                pooled = tf.nn.avg_pool2d(frames_to_batch(inputs), 3, 2, "SAME")
+                pooled = average_pool(frames_to_batch(inputs), 3, 2)
                 skip = batch_to_frames(pooled, inputs)
             skip = self.skip(skip, training=training)
         return x + skip, new_states

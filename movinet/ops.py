@@ -178,6 +178,31 @@ def running_mean_weight(count):
     return 1.0 / (tf.cast(count, tf.float32) + 1.0)
 
 
+def same_pool_counts(size: int, stride: int, length: int) -> np.ndarray:
+    """How many of the ``size`` window positions of each 'SAME' pooling output along an axis of
+    ``length`` fall inside the input (TF pads ``pad // 2`` before, the rest after)."""
+    outputs = -(-length // stride)
+    pad = max((outputs - 1) * stride + size - length, 0) // 2
+    starts = np.arange(outputs) * stride - pad
+    return np.minimum(starts + size, length) - np.maximum(starts, 0)
+
+
+def average_pool(x, size: int, stride: int):
+    """'SAME' average pooling of ``x`` ([N, H, W, C]), padding left out of each mean, as
+    tf.nn.avg_pool2d. In ``int8_graph``: a depthwise conv of 1/size^2 taps times a constant map of
+    size^2 / (positions inside) at the borders, ops XNNPACK runs on int8 tensors (its average
+    pooling takes uint8 only: an int8 A0 spent a fifth of its frame in four of them)."""
+    if not _INT8_GRAPH.get():
+        return tf.nn.avg_pool2d(x, size, stride, "SAME")
+    height, width, channels = x.shape[1:]
+    taps = tf.constant(np.full((size, size, channels, 1), 1.0 / size ** 2, np.float32), x.dtype)
+    y = tf.nn.depthwise_conv2d(x, taps, [1, stride, stride, 1], "SAME")
+    counts = np.outer(same_pool_counts(size, stride, height), same_pool_counts(size, stride, width))
+    if (counts == size ** 2).all():
+        return y
+    return y * tf.constant((size ** 2 / counts)[None, :, :, None], x.dtype)
+
+
 def depthwise_as_taps():
     """Within it, functions traced compute every depthwise convolution as ``depthwise_conv2d`` taps.
 

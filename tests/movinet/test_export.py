@@ -161,7 +161,7 @@ def test_int8_export_of_a_trained_stream_model_keeps_its_decisions_frame_by_fram
         error = np.abs(got[:, frames] - expected[:, frames]).mean() / spread
         print(f"\nint8 vs float32, frames {frames.start}-{frames.stop - 1} of {len(videos)} held-out streams: "
               f"top-1 agreement per frame {agreement:.3f}, mean |logit diff| {error:.3f} of the logit spread")
-        assert agreement >= 0.95
+        assert agreement >= 0.97                                      # measured 0.984 and 1.000
         assert error <= 0.15
 
 

@@ -365,6 +365,24 @@ def test_folded_batch_norm_gives_the_same_outputs_and_states(mode, options):
         folded(clip, training=True)
 
 
+@pytest.mark.parametrize("shape", [(1, 86, 86, 8), (2, 43, 43, 5), (1, 6, 7, 3), (1, 12, 12, 2)])
+def test_the_int8_average_pool_is_tensorflows_with_padding_left_out(shape):
+    """The int8 graph's skip pool (a depthwise conv and a border map) against tf.nn.avg_pool2d, and
+    against a mean over each window's positions inside the input computed here."""
+    from movinet.ops import average_pool, int8_graph
+
+    x = np.random.default_rng(24).normal(size=shape).astype(np.float32)
+    with int8_graph():
+        got = average_pool(tf.constant(x), 3, 2).numpy()
+    np.testing.assert_allclose(got, tf.nn.avg_pool2d(x, 3, 2, "SAME").numpy(), atol=1e-6)
+    height, width = shape[1:3]
+    top, left = (max((-(-height // 2) - 1) * 2 + 3 - height, 0) // 2, max((-(-width // 2) - 1) * 2 + 3 - width, 0) // 2)
+    for i, j in [(0, 0), (got.shape[1] - 1, got.shape[2] - 1), (got.shape[1] // 2, 0)]:
+        rows = slice(max(2 * i - top, 0), max(2 * i - top + 3, 0))
+        cols = slice(max(2 * j - left, 0), max(2 * j - left + 3, 0))
+        np.testing.assert_allclose(got[:, i, j], x[:, rows, cols].mean(axis=(1, 2)), atol=1e-6, err_msg=f"({i}, {j})")
+
+
 def sixth_multiplies(model, clip) -> int:
     """Multiplications by hard_swish's 1/6 in one stream step of ``model`` (its traced graph)."""
     states = model.init_states(list(clip.shape))
