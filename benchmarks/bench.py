@@ -149,8 +149,9 @@ def tflite_files(folder: Path, official_python: str, resolution: int = 172) -> d
 
 
 def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 31, frames: int = 10) -> dict:
-    """ms a frame of each file, measured in turns in one process (rounds of ``frames`` steps each, the
-    median round kept): on a shared machine a ratio of such turns holds where separate runs do not."""
+    """{file: (median, fastest)} ms a frame of each file, measured in turns in one process (rounds of
+    ``frames`` steps each): on a shared machine a ratio of such turns holds where separate runs do
+    not, and the fastest rounds are those other jobs slowed least."""
     import numpy as np
 
     from movinet.runners import TFLiteStreamRunner
@@ -161,7 +162,7 @@ def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 
     for _ in range(rounds):
         for name, runner in runners.items():
             times[name].append(timed(lambda: runner.step(frame), repeats=frames, warmup=2) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
 def int8_agreement(files: dict[str, Path], threads: int = 2, streams: int = 6, frames: int = 32) -> float:
@@ -181,22 +182,12 @@ def int8_agreement(files: dict[str, Path], threads: int = 2, streams: int = 6, f
 
 
 def print_tflite_ops(path: Path) -> None:
-    """The ops of a TF Lite file by type, and those XNNPACK leaves to TF Lite's own kernels (which
-    also cut the graph into more delegate partitions)."""
-    import collections
+    """The ops of a TF Lite file by type, and those XNNPACK leaves to TF Lite's own kernels."""
+    from movinet.runners import tflite_ops
 
-    from ai_edge_litert.interpreter import Interpreter
-
-    # One op per delegate node: a delegated op's node has the outputs of the op it replaced.
-    interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_disable_delegate_node_fusion=True)
-    interpreter.allocate_tensors()
-    nodes = interpreter._get_ops_details()
-    delegated = {tuple(node["outputs"]) for node in nodes if node["op_name"] == "DELEGATE"}
-    ops = [node for node in nodes if node["op_name"] != "DELEGATE"]
-    kept = collections.Counter(node["op_name"] for node in ops if tuple(node["outputs"]) not in delegated)
-    print(f"    {len(ops)} ops: " + ", ".join(f"{name} {count}" for name, count in
-                                          collections.Counter(node["op_name"] for node in ops).most_common()))
-    print("    outside XNNPACK: " + (", ".join(f"{name} {count}" for name, count in kept.most_common()) or "none"))
+    ops, outside = tflite_ops(path)
+    print(f"    {sum(ops.values())} ops: " + ", ".join(f"{name} {count}" for name, count in ops.most_common()))
+    print("    outside XNNPACK: " + (", ".join(f"{name} {count}" for name, count in outside.most_common()) or "none"))
 
 
 def tflite_report(official_python: str, threads: int = 2) -> None:
@@ -210,18 +201,22 @@ def tflite_report(official_python: str, threads: int = 2) -> None:
         ms = tflite_side_by_side(files, threads)
         agreement = int8_agreement(files, threads)
         size = {name: path.stat().st_size for name, path in files.items()}
-    float32 = ms["ours float32"]
-    for name, value in ms.items():
-        line = f"A0 stream TF Lite {name}, 172x172, {threads} threads: {value:.2f} ms/frame"
+    def ratio(name, reference):
+        return (f"{ms[name][0] / ms[reference][0]:.2f}x (fastest rounds: "
+                f"{ms[name][1] / ms[reference][1]:.2f}x)")
+
+    for name, (median, fastest) in ms.items():
+        line = (f"A0 stream TF Lite {name}, 172x172, {threads} threads: {median:.2f} ms/frame "
+                f"(fastest round {fastest:.2f})")
         if name != "ours float32":
-            line += f" ({value / float32:.2f}x ours float32)"
+            line += f", {ratio(name, 'ours float32')} ours float32"
         print(line)
-    print(f"  int8 / float32: time {ms['ours int8'] / float32:.2f}x, file {size['ours int8'] / size['ours float32']:.2f}x, "
+    print(f"  int8 / float32: time {ratio('ours int8', 'ours float32')}, "
+          f"file {size['ours int8'] / size['ours float32']:.2f}x, "
           f"per-frame top-1 agreement {agreement:.3f} (random weights, 32-frame held-out streams)")
     if "official float32" in ms:
-        official = ms["official float32"]
-        print(f"  ours float32 / official float32: time {float32 / official:.2f}x "
-              f"(states outside, the official signature: {ms['ours float32, states outside'] / official:.2f}x)")
+        print(f"  ours float32 / official float32: time {ratio('ours float32', 'official float32')}; "
+              f"states outside (the official signature): {ratio('ours float32, states outside', 'official float32')}")
 
 
 def ours_base(frames: int = 50, resolution: int = 172, folded: bool = False, jit_compile: bool = False) -> float:

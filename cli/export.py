@@ -87,6 +87,9 @@ def run_export(args) -> int:
             if model.mode == "stream":
                 keras_ms, tflite_ms = (1000 * runners.seconds_per_frame(m, clips[0]) for m in (model, runner))
                 print(f"per frame: Keras {keras_ms:.1f} ms, TF Lite {tflite_ms:.1f} ms")
+            outside = runners.tflite_ops(path)[1]
+            print("ops outside XNNPACK: " + (", ".join(f"{name} {count}" for name, count in outside.most_common())
+                                             or "none"))
     return 0
 
 

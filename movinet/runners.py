@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections import Counter
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -123,6 +124,26 @@ def _interpreter(path, num_threads: int | None):
     except ImportError:
         Interpreter = tf.lite.Interpreter
     return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
+def tflite_ops(path) -> tuple[Counter, Counter]:
+    """(every op, the ops XNNPACK leaves out) of a TF Lite file's first signature, counted by type.
+
+    An op XNNPACK (the CPU delegate) leaves out runs in the interpreter's own kernel on one thread
+    and cuts the graph into one more delegate partition: in an int8 file, often the slowest ops.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    # One delegate node per op: a delegated op's node has the outputs of the op it replaced.
+    interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_disable_delegate_node_fusion=True)
+    interpreter.allocate_tensors()
+    nodes = interpreter._get_ops_details()  # noqa: SLF001 (the interpreter's only per-op listing)
+    delegated = {tuple(node["outputs"]) for node in nodes if node["op_name"] == "DELEGATE"}
+    ops = [node for node in nodes if node["op_name"] != "DELEGATE"]
+    return (Counter(node["op_name"] for node in ops),
+            Counter(node["op_name"] for node in ops if tuple(node["outputs"]) not in delegated))
 
 
 class TFLiteStreamRunner:

@@ -113,6 +113,9 @@ def test_export_cli_tflite_then_predict_matches_keras(tmp_path, capsys, saved_mo
     assert status == 0 and lines[0] == f"wrote {tflite}"
     assert lines[1].startswith("TF Lite (float32) vs Keras float32 on 1 videos: top-1 agreement 1.000")
     assert lines[2].startswith("per frame: Keras ") and lines[2].endswith(" ms")
+    # only the int32 frame counter's ops stay outside XNNPACK
+    assert lines[3].startswith("ops outside XNNPACK: ") and "CAST 1" in lines[3]
+    assert not any(op in lines[3] for op in ("CONV", "FULLY_CONNECTED", "HARD_SWISH", "MUL", "POOL", "MEAN"))
     status, lines, _ = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--json")
     assert status == 0 and len(lines) == 8
     status, _, errors = run_cli(capsys, "predict", video, "--model", tflite, "--fps", 5, "--pipeline", 2)
