@@ -98,11 +98,11 @@ def test_xla_function_of_a_folded_base_model_gives_its_logits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("states", ["inside", "outside"])
-def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path, states):
-    """Each clip starts from zero states: a file that keeps its states must reset them at ``start``
-    (the second clip follows the first in the same interpreter)."""
-    model = random_model("a0", scaling=clip_dependent_logits)
+@pytest.mark.parametrize("spec, states", [("a0", "inside"), (TINY_SPEC, "outside")])
+def test_tflite_float32_stream_matches_keras_frame_by_frame(tmp_path, spec, states):
+    """Each clip starts from zero states: a file that keeps its states must reset them in
+    ``init_states`` (the second clip follows the first in the same interpreter)."""
+    model = random_model(spec, scaling=clip_dependent_logits)
     path = export.export_tflite(model, tmp_path / "a0.tflite", resolution=RESOLUTION, states=states)
     runner = runners.TFLiteStreamRunner(path)
     assert runner.streaming and runner.image_shape == (1, 1, RESOLUTION, RESOLUTION, 3)
@@ -115,7 +115,7 @@ def test_tflite_float32_a0_stream_matches_keras_frame_by_frame(tmp_path, states)
         expected = frame_logits(model, clip)
         gaps.append(np.abs(frame_logits(runner, clip) - expected).max())
         np.testing.assert_allclose(expected[-1], model(clip[None]).numpy()[0], atol=1e-4)
-    print(f"\na0 stream TF Lite float32 (states {states}) vs Keras, per frame: max |diff| {max(gaps):.2e}")
+    print(f"\n{model.name} TF Lite float32 (states {states}) vs Keras, per frame: max |diff| {max(gaps):.2e}")
     assert max(gaps) < 1e-4
 
 
