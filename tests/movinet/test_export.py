@@ -136,7 +136,8 @@ def stream_logits(runner, clip):
 
 
 @pytest.mark.slow
-def test_int8_export_of_a_trained_stream_model_keeps_its_decisions_frame_by_frame(tmp_path):
+@pytest.mark.parametrize("states", ["inside", "outside"])
+def test_int8_export_of_a_trained_stream_model_keeps_its_decisions_frame_by_frame(tmp_path, states):
     """int8 calibrated on 8-frame clips streamed with their carried states, tested on held-out
     streams 4x as long. Calibrating on zero states instead scores ~0.99 agreement too (the trained
     model is sure of itself), but its logits miss by 0.2-0.5 of their spread, which the second
@@ -146,7 +147,7 @@ def test_int8_export_of_a_trained_stream_model_keeps_its_decisions_frame_by_fram
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = export.export_tflite(model, tmp_path / "int8.tflite", resolution=32, quantization="int8",
-                                    calibration=calibration)
+                                    calibration=calibration, states=states)
         runner = runners.TFLiteStreamRunner(path)
     # the converter's calibration builds a deprecated tf.lite.Interpreter; its warning stays inside
     assert not [w for w in caught if "tf.lite.Interpreter is deprecated" in str(w.message)]
@@ -159,9 +160,9 @@ def test_int8_export_of_a_trained_stream_model_keeps_its_decisions_frame_by_fram
     for frames in (slice(0, 8), slice(8, 32)):                        # calibration length, then beyond
         agreement = (got[:, frames].argmax(-1) == expected[:, frames].argmax(-1)).mean()
         error = np.abs(got[:, frames] - expected[:, frames]).mean() / spread
-        print(f"\nint8 vs float32, frames {frames.start}-{frames.stop - 1} of {len(videos)} held-out streams: "
+        print(f"\nint8 (states {states}) vs float32, frames {frames.start}-{frames.stop - 1} of {len(videos)} held-out streams: "
               f"top-1 agreement per frame {agreement:.3f}, mean |logit diff| {error:.3f} of the logit spread")
-        assert agreement >= 0.97                                      # measured 0.984 and 1.000
+        assert agreement >= 0.97            # measured: inside 0.984 and 1.000, outside 0.977 and 1.000
         assert error <= 0.15
 
 
