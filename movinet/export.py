@@ -211,8 +211,8 @@ def export_tflite(model, path: "str | os.PathLike", *, resolution, quantization:
       frames: the clip length of a base model (default: its published input, ``video_input``).
       states: a stream model's: "inside" keeps them in the file (signatures ``init_states``, the
         start of a video, and ``call``, image -> logits; int8 stores them in int8; see
-        ``stateful_functions``), "outside" takes and returns every state by name (``call``, the
-        official signature).
+        ``stateful_functions``), "outside" takes and returns every state by name (one signature,
+        ``serving_default``, as the official TF Lite files have it).
     Raises:
       ExportError: an unknown quantization or state placement, int8 without calibration clips,
         or a model that needs ops outside the TF Lite builtins.
