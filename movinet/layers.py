@@ -32,6 +32,11 @@ def frame_counts(states, name, dtype):
     return tf.cast(count[0], dtype), count
 
 
+def six_hard_swish(x, training=None):
+    """6 * hard_swish(x): what an activation computes once its 1/6 moved into the next layer."""
+    return x * tf.nn.relu6(x + 3.0)
+
+
 class BatchNorm(keras.layers.BatchNormalization):
     """Keras BatchNormalization computed by TF's fused kernel: one op forward, one backward.
 
@@ -230,7 +235,7 @@ class ConvNorm(keras.layers.Layer):
         state holds (states must keep their values).
         """
         if self.activation == "hard_swish":
-            self.act = lambda x, training=None: x * tf.nn.relu6(x + 3.0)
+            self.act = six_hard_swish
             return 1.0 / 6.0
         if self.activation == "hard_sigmoid":
             self.act = activation_fn("relu6")
@@ -357,7 +362,7 @@ class FeatureConv(keras.layers.Layer):
             return self.spatial.drop_output_factor()
         if self.activation != "hard_swish":
             return 1.0
-        self.act = lambda x, training=None: x * tf.nn.relu6(x + 3.0)
+        self.act = six_hard_swish
         return 1.0 / 6.0
 
     def fold(self, input_scale: float = 1.0, scale_states: bool = False) -> None:

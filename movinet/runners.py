@@ -10,8 +10,8 @@ stages on their own threads. ``running_logits`` streams frames through any of th
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -118,12 +118,12 @@ class KerasStreamRunner:
         return self._step(image).numpy()[0]
 
 
-def _interpreter(path, num_threads: int | None):
+def _interpreter(path, num_threads: int | None, **options):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=str(path), num_threads=num_threads)
+    return Interpreter(model_path=str(path), num_threads=num_threads, **options)
 
 
 def tflite_ops(path) -> tuple[Counter, Counter]:
@@ -132,12 +132,8 @@ def tflite_ops(path) -> tuple[Counter, Counter]:
     An op XNNPACK (the CPU delegate) leaves out runs in the interpreter's own kernel on one thread
     and cuts the graph into one more delegate partition: in an int8 file, often the slowest ops.
     """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
     # One delegate node per op: a delegated op's node has the outputs of the op it replaced.
-    interpreter = Interpreter(model_path=str(path), num_threads=1, experimental_disable_delegate_node_fusion=True)
+    interpreter = _interpreter(path, 1, experimental_disable_delegate_node_fusion=True)
     interpreter.allocate_tensors()
     nodes = interpreter._get_ops_details()  # noqa: SLF001 (the interpreter's only per-op listing)
     delegated = {tuple(node["outputs"]) for node in nodes if node["op_name"] == "DELEGATE"}
