@@ -123,11 +123,11 @@ def tflite_files(folder: Path, official_python: str, resolution: int = 172) -> d
     with carried states of synthetic motion clips) keeping their states inside, ours in float32 with
     the official signature (states in and out by name), and the official export made in its own
     environment (official signature)."""
+    import keras
+
     import movinet
     from movinet import export
     from movinet.data.synthetic import synthetic_motion
-
-    import keras
 
     keras.utils.set_random_seed(0)     # int8 scales, and the int8 ops XNNPACK takes, follow the weights
     model = movinet.build_model("a0", "stream")

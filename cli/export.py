@@ -19,10 +19,10 @@ def register(subparsers) -> None:
     export.add_argument("--calibration", nargs="+", metavar="VIDEO",
                         help="videos to calibrate int8 on, streamed frame by frame")
     export.add_argument("--check", nargs="+", metavar="VIDEO",
-                        help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model "
-                             "and the per-frame latency of both")
+                        help="held-out videos: print the TF Lite model's top-1 agreement with the Keras model, "
+                             "the per-frame latency of both and the ops XNNPACK leaves out")
     export.add_argument("--states", choices=("inside", "outside"), default="inside",
-                        help="a TF Lite stream model's states: kept in the file (signatures start and call, "
+                        help="a TF Lite stream model's states: kept in the file (signatures init_states and call, "
                              "image -> logits) or passed in and out by name (the official signature)")
     export.add_argument("--resolution", type=int,
                         help="square input size (TF Lite default: the published one; SavedModel: dynamic)")
