@@ -40,6 +40,8 @@ def test_export_tflite_rejects_bad_settings(tmp_path):
         export.export_tflite(model, tmp_path / "m.tflite", resolution=64, quantization="int8")
     with pytest.raises(runners.ExportError, match="fixed resolution"):
         export.export_tflite(model, tmp_path / "m.tflite", resolution=None)
+    with pytest.raises(runners.ExportError, match="states='both': expected one of"):
+        export.export_tflite(model, tmp_path / "m.tflite", resolution=64, states="both")
 
 
 def test_an_op_outside_the_builtins_fails_the_conversion():
