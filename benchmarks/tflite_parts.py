@@ -1,11 +1,16 @@
 """Where a TF Lite A0 stream frame spends its time: single ops float32 against int8, and the classifier.
 
-    python benchmarks/tflite_parts.py [--threads 2]
+    python benchmarks/tflite_parts.py [--threads 2] [--official-python .official-env/bin/python]
 
 1. 20 layers in a row of one op on an 86x86x24 activation (A0's first block), float32 and int8,
    each through XNNPACK: microseconds per layer for a 1x1 convolution and a 3x3 depthwise one.
 2. The A0 stream float32 file (states inside, random weights, seeded) with its 600 classes and
    with 10: the difference is the time of the 2048x600 classifier, whose weights are read each frame.
+3. Per op: every op of that float32 file, and of the official TF Lite export when its environment is
+   given, cut out into a one-op model and timed alone; totals by op type side by side. The Python
+   LiteRT wheel has no per-op profiler. An op timed alone finds its operands in cache, so the sums
+   fall short of a whole frame (which also reads 15 MB of weights from memory and runs the state
+   variables); ops of the same shapes compare fairly.
 
 Files are timed in turns in one process (rounds of 10 calls, the fastest round kept).
 """
@@ -100,12 +105,116 @@ def classifier(threads: int) -> None:
           "a frame")
 
 
+def _flatbuffer_tools():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.tools import flatbuffer_utils
+    return schema, flatbuffer_utils
+
+
+# Ops that hold or move resource handles (state variables): they cannot run cut out of their graph.
+RESOURCE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+
+
+def op_times(path: Path, threads: int, signature: str | None = None) -> list[tuple[str, float]]:
+    """(op type, fastest microseconds) of every op of ``signature``'s subgraph (default: the first
+    signature's), each cut out into a model of its own: its non-constant inputs become the model's
+    inputs (random values), its outputs the model's outputs."""
+    from movinet.runners import _interpreter
+
+    schema, flatbuffer_utils = _flatbuffer_tools()
+    model = flatbuffer_utils.read_model(str(path))
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    signatures = {s.signatureKey.decode(): s.subgraphIndex for s in model.signatureDefs}
+    graph = model.subgraphs[signatures[signature] if signature else next(iter(signatures.values()), 0)]
+    subgraphs, signature_defs = model.subgraphs, model.signatureDefs
+    rng = np.random.default_rng(0)
+
+    def constant(index):
+        buffer = model.buffers[graph.tensors[index].buffer]
+        return buffer.data is not None and len(buffer.data) > 0
+
+    times = []
+    with tempfile.TemporaryDirectory(prefix="tflite-op-") as folder:
+        one = Path(folder) / "one.tflite"
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+            inputs = [index for index in op.inputs if index >= 0]
+            if name in RESOURCE_OPS or any(graph.tensors[i].type == schema.TensorType.RESOURCE for i in inputs):
+                continue
+            cut = schema.SubGraphT()
+            cut.tensors, cut.operators, cut.name = graph.tensors, [op], b"one"
+            cut.inputs = [index for index in inputs if not constant(index)]
+            cut.outputs = list(op.outputs)
+            model.subgraphs, model.signatureDefs = [cut], []
+            flatbuffer_utils.write_model(model, str(one))
+            model.subgraphs, model.signatureDefs = subgraphs, signature_defs
+            interpreter = _interpreter(one, threads)
+            interpreter.allocate_tensors()
+            for detail in interpreter.get_input_details():
+                if detail["dtype"] == np.float32:
+                    value = rng.random(detail["shape"], dtype=np.float32)
+                else:
+                    value = np.ones(detail["shape"], detail["dtype"])
+                interpreter.set_tensor(detail["index"], value)
+            times.append((name, fastest({name: interpreter.invoke}, rounds=15, repeats=30)[name] * 1e6))
+    return times
+
+
+def per_op(threads: int, official_python: str | None) -> None:
+    import collections
+    import subprocess
+
+    import keras
+
+    import movinet
+    from movinet import export
+
+    with tempfile.TemporaryDirectory(prefix="tflite-parts-") as folder:
+        keras.utils.set_random_seed(0)
+        files = {"ours": export.export_tflite(movinet.build_model("a0", "stream"), Path(folder) / "ours.tflite",
+                                              resolution=172)}
+        if official_python:
+            path = Path(folder) / "official.tflite"
+            out = subprocess.run([official_python, str(Path(__file__).parent / "official_bench.py"), "tflite",
+                                  str(path)], capture_output=True, text=True)
+            if out.returncode == 0:
+                files["official"] = path
+            else:
+                print(f"  (official TF Lite export failed: {out.stderr.strip()[-300:]})")
+        totals = {}
+        for name, path in files.items():
+            totals[name] = collections.defaultdict(lambda: [0, 0.0])
+            for op, microseconds in op_times(path, threads):
+                totals[name][op][0] += 1
+                totals[name][op][1] += microseconds
+    ops = sorted({op for table in totals.values() for op in table},
+                 key=lambda op: -max(table[op][1] for table in totals.values() if op in table))
+    print(f"A0 stream TF Lite float32 per op, 172x172, {threads} threads, each op alone (ops, us):")
+    print(f"  {'':20s}" + "".join(f"{name:>20s}" for name in totals))
+    for op in [*ops, "total"]:
+        cells = [(sum(c for c, _ in table.values()), sum(t for _, t in table.values())) if op == "total"
+                 else table.get(op) for table in totals.values()]
+        print(f"  {op:20s}" + "".join(f"{cell[0]:>9d} {cell[1]:>9.1f}" if cell else f"{'-':>20s}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--official-python", help="the official environment's python "
+                        "(benchmarks/make_official_env.sh): its TF Lite export profiled beside ours")
+    parser.add_argument("--only", choices=["ops", "classifier", "per-op"], help="one part")
     args = parser.parse_args()
-    single_ops(args.threads)
-    classifier(args.threads)
+    if args.only in (None, "ops"):
+        single_ops(args.threads)
+    if args.only in (None, "classifier"):
+        classifier(args.threads)
+    if args.only in (None, "per-op"):
+        per_op(args.threads, args.official_python)
 
 
 if __name__ == "__main__":
