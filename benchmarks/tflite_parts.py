@@ -105,16 +105,6 @@ def classifier(threads: int) -> None:
           "a frame")
 
 
-def _flatbuffer_tools():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-        from ai_edge_litert.tools import flatbuffer_utils
-    except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
-        from tensorflow.lite.tools import flatbuffer_utils
-    return schema, flatbuffer_utils
-
-
 # Ops that hold or move resource handles (state variables): they cannot run cut out of their graph.
 RESOURCE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 
@@ -123,9 +113,11 @@ def op_times(path: Path, threads: int, signature: str | None = None) -> list[tup
     """(op type, fastest microseconds) of every op of ``signature``'s subgraph (default: the first
     signature's), each cut out into a model of its own: its non-constant inputs become the model's
     inputs (random values), its outputs the model's outputs."""
-    from movinet.runners import _interpreter
+    from ai_edge_litert.interpreter import Interpreter
 
-    schema, flatbuffer_utils = _flatbuffer_tools()
+    from movinet.export import flatbuffer_tools
+
+    schema, flatbuffer_utils = flatbuffer_tools()
     model = flatbuffer_utils.read_model(str(path))
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     signatures = {s.signatureKey.decode(): s.subgraphIndex for s in model.signatureDefs}
@@ -153,7 +145,7 @@ def op_times(path: Path, threads: int, signature: str | None = None) -> list[tup
             model.subgraphs, model.signatureDefs = [cut], []
             flatbuffer_utils.write_model(model, str(one))
             model.subgraphs, model.signatureDefs = subgraphs, signature_defs
-            interpreter = _interpreter(one, threads)
+            interpreter = Interpreter(model_path=str(one), num_threads=threads)
             interpreter.allocate_tensors()
             for detail in interpreter.get_input_details():
                 if detail["dtype"] == np.float32:

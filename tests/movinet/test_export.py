@@ -121,6 +121,24 @@ def test_tflite_float32_stream_matches_keras_frame_by_frame(tmp_path, spec, stat
     assert max(gaps) < 1e-4
 
 
+def test_a_file_that_keeps_its_states_stores_no_copy_of_them(tmp_path):
+    """The converter stores each variable's initial value in full; the file makes its zero states
+    with FILL ops instead, which start a video even before any ``init_states`` call."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = random_model(TINY_SPEC, scaling=clip_dependent_logits)
+    inside = export.export_tflite(model, tmp_path / "inside.tflite", resolution=RESOLUTION)
+    outside = export.export_tflite(model, tmp_path / "outside.tflite", resolution=RESOLUTION, states="outside")
+    state_bytes = sum(int(np.prod(spec.shape)) * spec.dtype.size
+                      for spec in export.state_specs(model, 1, RESOLUTION, RESOLUTION).values())
+    growth = inside.stat().st_size - outside.stat().st_size
+    assert growth < state_bytes / 4, (growth, state_bytes)     # measured: 5 KB of 115 KB; stored: 119 KB
+    clip = clips(1)[0]
+    call = Interpreter(model_path=str(inside)).get_signature_runner("call")
+    first = [call(image=frame[None, None])["logits"][0] for frame in clip[:2]]
+    np.testing.assert_allclose(first, frame_logits(model, clip)[:2], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_tflite_float16_matches_keras_frame_by_frame(tmp_path):
     model = random_model(TINY_SPEC)
