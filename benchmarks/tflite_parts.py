@@ -11,6 +11,8 @@
    LiteRT wheel has no per-op profiler. An op timed alone finds its operands in cache, so the sums
    fall short of a whole frame (which also reads 15 MB of weights from memory and runs the state
    variables); ops of the same shapes compare fairly.
+4. Memory: how fast one core reads arrays of 1 to 192 MB (NumPy max): where the rate falls is the
+   cache this host gives a process, against which a file's weights read each frame weigh.
 
 Files are timed in turns in one process (rounds of 10 calls, the fastest round kept).
 """
@@ -194,12 +196,21 @@ def per_op(threads: int, official_python: str | None) -> None:
         print(f"  {op:20s}" + "".join(f"{cell[0]:>9d} {cell[1]:>9.1f}" if cell else f"{'-':>20s}" for cell in cells))
 
 
+def memory() -> None:
+    rates = []
+    for megabytes in (1, 4, 8, 12, 16, 24, 32, 64, 192):
+        values = np.ones(megabytes << 18, np.float32)
+        seconds = fastest({"max": values.max}, rounds=5, repeats=max(3, 800 // megabytes))["max"]
+        rates.append(f"{megabytes} MB {megabytes / 1024 / seconds:.0f}")
+    print("one core reading an array (NumPy max), GB/s: " + ", ".join(rates))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--official-python", help="the official environment's python "
                         "(benchmarks/make_official_env.sh): its TF Lite export profiled beside ours")
-    parser.add_argument("--only", choices=["ops", "classifier", "per-op"], help="one part")
+    parser.add_argument("--only", choices=["ops", "classifier", "per-op", "memory"], help="one part")
     args = parser.parse_args()
     if args.only in (None, "ops"):
         single_ops(args.threads)
@@ -207,6 +218,8 @@ def main() -> None:
         classifier(args.threads)
     if args.only in (None, "per-op"):
         per_op(args.threads, args.official_python)
+    if args.only in (None, "memory"):
+        memory()
 
 
 if __name__ == "__main__":
