@@ -137,15 +137,19 @@ def tflite_files(folder: Path, official_python: str, resolution: int = 172) -> d
     calibration = synthetic_motion(4, 8, resolution, split="train")[0]
     files["ours int8"] = export.export_tflite(model, folder / "ours_int8.tflite", resolution=resolution,
                                               quantization="int8", calibration=calibration)
-    if official_python:
-        path = folder / "official_float32.tflite"
-        out = subprocess.run([official_python, str(HERE / "official_bench.py"), "tflite", str(path)],
-                             capture_output=True, text=True)
-        if out.returncode == 0:
-            files["official float32"] = path
-        else:
-            print(f"  (official TF Lite export failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
+    if official_python and official_tflite(official_python, folder / "official_float32.tflite"):
+        files["official float32"] = folder / "official_float32.tflite"
     return files
+
+
+def official_tflite(official_python: str, path: Path) -> bool:
+    """Writes the official A0 stream TF Lite export (172x172 frames) to ``path``, made in the official
+    environment; says why and returns False where that fails."""
+    out = subprocess.run([official_python, str(HERE / "official_bench.py"), "tflite", str(path)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  (official TF Lite export failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
+    return out.returncode == 0
 
 
 def tflite_side_by_side(files: dict[str, Path], threads: int = 2, rounds: int = 31, frames: int = 10) -> dict:

@@ -117,7 +117,7 @@ def op_times(path: Path, threads: int, signature: str | None = None) -> list[tup
     inputs (random values), its outputs the model's outputs."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from movinet.export import flatbuffer_tools
+    from movinet.export import builtin_code, flatbuffer_tools
 
     schema, flatbuffer_utils = flatbuffer_tools()
     model = flatbuffer_utils.read_model(str(path))
@@ -135,8 +135,8 @@ def op_times(path: Path, threads: int, signature: str | None = None) -> list[tup
     with tempfile.TemporaryDirectory(prefix="tflite-op-") as folder:
         one = Path(folder) / "one.tflite"
         for op in graph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+            code = builtin_code(model.operatorCodes[op.opcodeIndex])
+            name = names.get(code, str(code))
             inputs = [index for index in op.inputs if index >= 0]
             if name in RESOURCE_OPS or any(graph.tensors[i].type == schema.TensorType.RESOURCE for i in inputs):
                 continue
@@ -161,25 +161,19 @@ def op_times(path: Path, threads: int, signature: str | None = None) -> list[tup
 
 def per_op(threads: int, official_python: str | None) -> None:
     import collections
-    import subprocess
 
     import keras
 
     import movinet
+    from bench import official_tflite
     from movinet import export
 
     with tempfile.TemporaryDirectory(prefix="tflite-parts-") as folder:
         keras.utils.set_random_seed(0)
         files = {"ours": export.export_tflite(movinet.build_model("a0", "stream"), Path(folder) / "ours.tflite",
                                               resolution=172)}
-        if official_python:
-            path = Path(folder) / "official.tflite"
-            out = subprocess.run([official_python, str(Path(__file__).parent / "official_bench.py"), "tflite",
-                                  str(path)], capture_output=True, text=True)
-            if out.returncode == 0:
-                files["official"] = path
-            else:
-                print(f"  (official TF Lite export failed: {out.stderr.strip()[-300:]})")
+        if official_python and official_tflite(official_python, Path(folder) / "official.tflite"):
+            files["official"] = Path(folder) / "official.tflite"
         totals = {}
         for name, path in files.items():
             totals[name] = collections.defaultdict(lambda: [0, 0.0])

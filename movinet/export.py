@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -306,6 +306,7 @@ def convert(functions, trackable, quantization: str | None = None, representativ
                      lines[0] if lines else type(err).__name__)
         raise ExportError(f"TF Lite conversion failed: {first}") from None
 
+
 def flatbuffer_tools():
     """(schema, flatbuffer_utils): TF Lite's flatbuffer object API, LiteRT's or else TensorFlow's."""
     try:
@@ -317,9 +318,10 @@ def flatbuffer_tools():
     return schema, flatbuffer_utils
 
 
-# numpy dtypes of the TF Lite tensor types a variable's initial value may have.
-_ELEMENT_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 4: np.int64, 7: np.int16, 9: np.int8}
-_FILL_VERSIONS = {1: 4, 7: 3, 9: 3}        # FILL's op version by value type (float16; int16, int8)
+def builtin_code(operator_code) -> int:
+    """The builtin operator of a flatbuffer OperatorCode (codes past 127 live in ``builtinCode``
+    only, older files' in ``deprecatedBuiltinCode`` only)."""
+    return max(operator_code.builtinCode, operator_code.deprecatedBuiltinCode)
 
 
 def fill_initial_values(flatbuffer: bytes) -> bytes:
@@ -331,16 +333,19 @@ def fill_initial_values(flatbuffer: bytes) -> bytes:
     """
     schema, utils = flatbuffer_tools()
     model = utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    builtin = schema.BuiltinOperator
+    builtin, types = schema.BuiltinOperator, schema.TensorType
+    # numpy dtypes of the tensor types an initial value may have, and FILL's op version for each
+    element_types = {types.FLOAT32: np.float32, types.FLOAT16: np.float16, types.INT32: np.int32,
+                     types.INT64: np.int64, types.INT16: np.int16, types.INT8: np.int8}
+    fill_versions = {types.FLOAT16: 4, types.INT16: 3, types.INT8: 3}
 
     def code(op):
-        found = model.operatorCodes[op.opcodeIndex]
-        return max(found.builtinCode, found.deprecatedBuiltinCode)
+        return builtin_code(model.operatorCodes[op.opcodeIndex])
 
     def opcode_index(value_type):
-        version = _FILL_VERSIONS.get(value_type, 1)
+        version = fill_versions.get(value_type, 1)
         for index, found in enumerate(model.operatorCodes):
-            if max(found.builtinCode, found.deprecatedBuiltinCode) == builtin.FILL and found.version == version:
+            if builtin_code(found) == builtin.FILL and found.version == version:
                 return index
         found = schema.OperatorCodeT()
         found.builtinCode, found.deprecatedBuiltinCode, found.version = builtin.FILL, builtin.FILL, version
@@ -367,11 +372,11 @@ def fill_initial_values(flatbuffer: bytes) -> bytes:
             value = op.inputs[1] if code(op) == builtin.ASSIGN_VARIABLE else -1
             tensor = graph.tensors[value] if value >= 0 and value not in filled else None
             data = model.buffers[tensor.buffer].data if tensor is not None and tensor.buffer else None
-            dtype = _ELEMENT_TYPES.get(tensor.type) if tensor is not None else None
+            dtype = element_types.get(tensor.type) if tensor is not None else None
             if data is not None and dtype is not None and len(data):
                 elements = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype)
                 if np.all(elements == elements[0]):
-                    dims = constant(graph, np.array(tensor.shape, np.int32), 2, tensor.name + b"/fill_dims")
+                    dims = constant(graph, np.array(tensor.shape, np.int32), types.INT32, tensor.name + b"/fill_dims")
                     scalar = constant(graph, elements[:1].reshape(()), tensor.type, tensor.name + b"/fill_value")
                     graph.tensors[scalar].quantization = tensor.quantization
                     fill = schema.OperatorT()
