@@ -400,8 +400,8 @@ def sixth_multiplies(model, clip) -> int:
 def test_folding_with_scaled_states_moves_every_hard_swish_sixth_and_keeps_the_logits(options):
     """``scale_states`` lets the factors that stream states hold move too: no 1/6 multiply is left
     where no positional encoding is added after a pool (A0 stream: 58 unfolded, 27 folded without
-    it), the
-    logits stay those of the model, and the states differ from the model's (they hold scaled values)."""
+    it), the logits stay those of the model, and the states differ from the model's (they hold
+    scaled values)."""
     model = randomize_weights(movinet.build_model("a0", "stream", num_classes=5, **options), seed=21)
     clip = np.random.default_rng(22).random((1, 1, 40, 40, 3), dtype=np.float32)
     plain, scaled = movinet.fold_batch_norm(model), movinet.fold_batch_norm(model, scale_states=True)
